@@ -1,0 +1,1 @@
+"""Subcommands of `offloadgen`; each module has `register(subparsers)` setting `func`."""
