@@ -279,6 +279,21 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>") -> Profile:
     )
 
 
+def shipped_profile(name: str) -> Path:
+    """A profile shipped in profiles/ of the source checkout (the defaults of every command)."""
+    return Path(__file__).resolve().parent.parent / "profiles" / f"{name}.toml"
+
+
+def resolve_profile(arg: str | None) -> Path:
+    """--profile as given, or a shipped profile's name (`minimal`), or the default profile when absent."""
+    if arg is None:
+        return shipped_profile("default")
+    path = Path(arg)
+    if not path.exists() and "/" not in arg and shipped_profile(arg.removesuffix(".toml")).exists():
+        return shipped_profile(arg.removesuffix(".toml"))
+    return path
+
+
 def load_profile(path: str | Path) -> Profile:
     """Read and validate a profile file; its digest (of the raw bytes) identifies the build."""
     path = Path(path)
