@@ -1,0 +1,900 @@
+"""softswitch's P4Runtime server: the device (`SoftSwitch`) and its gRPC service.
+
+`SoftSwitch` holds everything of one device: the pipeline (P4Info, device config, cookie, the program and its
+dataplane), the controller-side state the dataplane does not keep (controller_metadata, metadata, idle timers),
+arbitration, and the ports. The gRPC servicer only decodes requests, asks the switch, and encodes answers and
+errors the way p4lang/PI does (the server behind BMv2's simple_switch_grpc), so that clients written against
+BMv2 (p4runtime-shell, PTF, our controller) see the same answers - except where softswitch follows the
+specification more closely: RESOURCE_EXHAUSTED for a full table, a real VERIFY of the device config, canonical
+byte strings, PERMISSION_DENIED for const tables, idle timeouts with a 50 ms timer instead of 1 s.
+
+Threads: gRPC handlers (a thread pool), one reader thread per port, and the idle-timeout scanner. One lock
+(`SoftSwitch._lock`) serialises the dataplane: packet processing, writes and reads take it in turn.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import importlib.metadata
+import logging
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, NoReturn, Protocol
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, status_pb2
+from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
+
+from softswitch.arbitration import ArbitrationError, Arbitrator, Connection, ElectionId
+from softswitch.dataplane import (
+    Dataplane,
+    DataplaneError,
+    EntryExists,
+    EntryNotFound,
+    FieldMatch,
+    InvalidEntry,
+    TableEntry,
+    TableFull,
+)
+from softswitch.frontend import P4FrontendError, load_program
+from softswitch.p4runtime.codec import Codec, EntryKey, entry_key
+from softswitch.p4runtime.schema import (
+    P4RuntimeError,
+    Schema,
+    TableInfo,
+    decode_uint,
+    encode_uint,
+    essential_differences,
+    invalid,
+    pack_header,
+    unpack_header,
+)
+
+log = logging.getLogger("softswitch.server")
+TRACE = 5
+
+Update = p4runtime_pb2.Update
+SetConfig = p4runtime_pb2.SetForwardingPipelineConfigRequest
+GetConfig = p4runtime_pb2.GetForwardingPipelineConfigRequest
+
+GRPC_CODES: dict[int, grpc.StatusCode] = {sc.value[0]: sc for sc in grpc.StatusCode}
+READ_CHUNK = 1000  # entities per ReadResponse: a full 64k-entry table must not exceed a client's 4 MB message limit
+PACKET_IN_QUEUE = 4096  # packet-ins waiting for a slow client before they are dropped
+DEVICE_CONFIG_HINT = "send the P4 source (flowtable.p4 from `offloadgen build`) as p4_device_config"
+
+
+def api_version() -> str:
+    try:
+        return importlib.metadata.version("p4runtime")
+    except importlib.metadata.PackageNotFoundError:
+        return "1.4.1"
+
+
+class PortSink(Protocol):
+    def send(self, frame: bytes) -> None: ...
+
+
+@dataclass(slots=True)
+class EntryMeta:
+    """What P4Runtime keeps per entry that the dataplane does not: cookies and the idle timer."""
+
+    match: dict[int, FieldMatch]
+    controller_metadata: int
+    metadata: bytes
+    idle_timeout_ns: int
+    added_ns: int  # time.monotonic_ns of the INSERT (time_since_last_hit of a never-hit entry counts from it)
+    timer_ns: int  # start of the current idle period: INSERT, MODIFY or the last notification
+    gen: int = 0  # bumped on MODIFY so that stale idle-heap items are skipped
+
+
+@dataclass
+class Pipeline:
+    config: p4runtime_pb2.ForwardingPipelineConfig
+    schema: Schema
+    codec: Codec
+    program: Any
+    dataplane: Dataplane
+    meta: dict[EntryKey, EntryMeta] = field(default_factory=dict)
+    defaults: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # table id -> cookies of a set default
+    idle_heap: list[tuple[int, int, EntryKey]] = field(default_factory=list)  # (deadline ns, gen, key)
+
+
+def _looks_like_bmv2_json(data: bytes) -> bool:
+    head = data[:4096].lstrip()
+    return head.startswith(b"{") and (b'"header_types"' in data[:65536] or b'"__meta__"' in head)
+
+
+class SoftSwitch:
+    """One P4Runtime device: pipeline, dataplane, arbitration and ports."""
+
+    def __init__(self, device_id: int = 1, cpu_port: int | None = 255, *, drop_port: int = 511,
+                 strict_bytestrings: bool = False, idle_scan_interval: float = 0.05) -> None:
+        self.device_id = device_id
+        self.cpu_port = cpu_port
+        self.drop_port = drop_port
+        self.strict_bytestrings = strict_bytestrings
+        self.idle_scan_interval = idle_scan_interval
+        self.arbitration = Arbitrator(device_id)
+        self.pipeline: Pipeline | None = None
+        self.ports: dict[int, PortSink] = {}
+        self.packet_ins = 0
+        self.packet_ins_dropped = 0
+        self.dump_bytes = 0  # --dump-packet-data: log this many bytes of each packet in and out
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._idle_thread: threading.Thread | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        self._idle_thread = threading.Thread(target=self._idle_loop, name="idle-timeout", daemon=True)
+        self._idle_thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._idle_thread is not None:
+            self._idle_thread.join(timeout=2)
+
+    def add_port(self, number: int, sink: PortSink) -> None:
+        if number == self.cpu_port:
+            raise ValueError(f"port {number} is the CPU port; attach interfaces to other port numbers")
+        self.ports[number] = sink
+
+    # ---- pipeline -----------------------------------------------------------------------------------------
+    def build_pipeline(self, config: p4runtime_pb2.ForwardingPipelineConfig) -> Pipeline:
+        """Verify a ForwardingPipelineConfig and make its dataplane (nothing live changes)."""
+        data = config.p4_device_config
+        if not data:
+            raise invalid(f"config.p4_device_config is empty; {DEVICE_CONFIG_HINT}")
+        if _looks_like_bmv2_json(data):
+            raise invalid(f"p4_device_config is a BMv2 JSON (p4c-bm2-ss output); softswitch runs the P4 program "
+                          f"itself: {DEVICE_CONFIG_HINT}")
+        try:
+            source = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise invalid(f"p4_device_config is not UTF-8 text; {DEVICE_CONFIG_HINT}") from None
+        try:
+            program = load_program(source, "flowtable.p4")
+        except P4FrontendError as exc:
+            raise invalid(f"p4_device_config: {exc}") from None
+        if not config.HasField("p4info") or not (config.p4info.tables or config.p4info.actions):
+            raise invalid("config.p4info is empty; send the P4Info of the program (p4info.txtpb from `offloadgen "
+                          "build`)")
+        diffs = essential_differences(config.p4info, program.p4info)
+        if diffs:
+            more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+            raise invalid("the P4Info does not describe the P4 program sent with it: " + "; ".join(diffs[:3]) + more)
+        return self._make_pipeline(config, program)
+
+    def _make_pipeline(self, config: p4runtime_pb2.ForwardingPipelineConfig, program: Any) -> Pipeline:
+        schema = Schema.from_p4info(config.p4info)
+        dp = Dataplane(program, self.cpu_port if self.cpu_port is not None else 0)
+        stored = p4runtime_pb2.ForwardingPipelineConfig()
+        stored.CopyFrom(config)
+        return Pipeline(stored, schema, Codec(schema, self.strict_bytestrings), program, dp)
+
+    def load_source(self, source: str, filename: str) -> None:
+        """The program given on the command line: its P4Info comes from the front end, without a cookie."""
+        try:
+            program = load_program(source, filename)
+        except P4FrontendError as exc:
+            raise P4RuntimeError(code_pb2.INVALID_ARGUMENT, str(exc)) from None
+        config = p4runtime_pb2.ForwardingPipelineConfig(p4_device_config=source.encode())
+        config.p4info.CopyFrom(program.p4info)
+        with self._lock:
+            self.pipeline = self._make_pipeline(config, program)
+
+    def set_pipeline(self, action: int, config: p4runtime_pb2.ForwardingPipelineConfig, has_config: bool) -> None:
+        if action == SetConfig.UNSPECIFIED:
+            raise invalid("SetForwardingPipelineConfig: action is not set; use VERIFY, VERIFY_AND_COMMIT or "
+                          "RECONCILE_AND_COMMIT")
+        if action in (SetConfig.VERIFY_AND_SAVE, SetConfig.COMMIT):
+            raise P4RuntimeError(code_pb2.UNIMPLEMENTED, f"{SetConfig.Action.Name(action)} is not supported by "
+                                 "softswitch; use VERIFY_AND_COMMIT (or RECONCILE_AND_COMMIT to keep the entries)")
+        if action not in (SetConfig.VERIFY, SetConfig.VERIFY_AND_COMMIT, SetConfig.RECONCILE_AND_COMMIT):
+            raise invalid(f"unknown SetForwardingPipelineConfig action {action}")
+        if not has_config:
+            raise invalid(f"config is not set; {DEVICE_CONFIG_HINT}, with its P4Info")
+        new = self.build_pipeline(config)
+        if action == SetConfig.VERIFY:
+            log.info("pipeline config verified")
+            return
+        with self._lock:
+            if action == SetConfig.RECONCILE_AND_COMMIT and self.pipeline is not None:
+                self._carry_state(self.pipeline, new)
+            self.pipeline = new
+        log.info("pipeline committed (%s, %d tables, cookie %s)", SetConfig.Action.Name(action),
+                 len(new.schema.tables), new.config.cookie.cookie if new.config.HasField("cookie") else "unset")
+
+    def _carry_state(self, old: Pipeline, new: Pipeline) -> None:
+        """RECONCILE_AND_COMMIT: move entries, default actions and counters to the new pipeline, or refuse."""
+        now = time.monotonic_ns()
+        for table in old.schema.tables.values():
+            if table.is_const:
+                continue
+            for e in old.dataplane.entries(table.id):
+                meta = old.meta.get(entry_key(table.id, e.match, e.priority))
+                te = old.codec.entry_to_proto(table, e)
+                te.idle_timeout_ns = meta.idle_timeout_ns if meta else 0
+                where = f"cannot keep the entries: an entry of {table.name}"
+                new_table = new.schema.tables.get(table.id)
+                if new_table is None:
+                    raise invalid(f"{where}: the new P4Info has no table {table.id}; use VERIFY_AND_COMMIT")
+                try:
+                    ne = new.codec.entry(te, new_table)
+                except P4RuntimeError as exc:
+                    raise invalid(f"{where} does not fit the new program ({exc.message}); use VERIFY_AND_COMMIT") from None
+                ne.packets, ne.bytes, ne.last_hit_ns = e.packets, e.bytes, e.last_hit_ns
+                self._dp_call(new_table, partial(new.dataplane.insert, ne))
+                key = entry_key(table.id, ne.match, ne.priority)
+                m = EntryMeta(ne.match, meta.controller_metadata if meta else 0, meta.metadata if meta else b"",
+                              ne.idle_timeout_ns, meta.added_ns if meta else now, meta.timer_ns if meta else now)
+                new.meta[key] = m
+                if m.idle_timeout_ns:
+                    heapq.heappush(new.idle_heap, (m.timer_ns + m.idle_timeout_ns, m.gen, key))
+        for table_id, cookies in old.defaults.items():
+            nt = new.schema.tables.get(table_id)
+            if nt is None:
+                continue
+            action_id, params = old.dataplane.get_default(table_id)
+            te = p4runtime_pb2.TableEntry(table_id=table_id, is_default_action=True)
+            te.action.CopyFrom(old.codec.action_to_proto(action_id, params))
+            try:
+                aid, p = new.codec.action(te, nt)
+            except P4RuntimeError as exc:
+                raise invalid(f"cannot keep the default action of {nt.name}: {exc.message}") from None
+            new.dataplane.set_default(table_id, aid, p)
+            new.defaults[table_id] = cookies
+        for cid, c in old.schema.counters.items():
+            nc = new.schema.counters.get(cid)
+            if nc is not None and nc.size == c.size:
+                for i in range(c.size):
+                    packets, bytes_ = old.dataplane.counter_read(cid, i)
+                    new.dataplane.counter_write(cid, i, packets, bytes_)
+
+    def get_pipeline(self, response_type: int) -> p4runtime_pb2.ForwardingPipelineConfig:
+        p = self._require_pipeline()
+        out = p4runtime_pb2.ForwardingPipelineConfig()
+        if response_type in (GetConfig.ALL, GetConfig.P4INFO_AND_COOKIE):
+            out.p4info.CopyFrom(p.config.p4info)
+        if response_type in (GetConfig.ALL, GetConfig.DEVICE_CONFIG_AND_COOKIE):
+            out.p4_device_config = p.config.p4_device_config
+        if response_type not in (GetConfig.ALL, GetConfig.COOKIE_ONLY, GetConfig.P4INFO_AND_COOKIE,
+                                 GetConfig.DEVICE_CONFIG_AND_COOKIE):
+            raise invalid(f"unknown response_type {response_type}")
+        if p.config.HasField("cookie"):
+            out.cookie.CopyFrom(p.config.cookie)
+        return out
+
+    def _require_pipeline(self) -> Pipeline:
+        p = self.pipeline
+        if p is None:
+            raise P4RuntimeError(code_pb2.FAILED_PRECONDITION, "No forwarding pipeline config set for this device; "
+                                 "push one with SetForwardingPipelineConfig")
+        return p
+
+    # ---- access checks ------------------------------------------------------------------------------------
+    def check_writer(self, device_id: int, role: str, election_id: ElectionId | None) -> None:
+        """The RPC-wide checks of Write / SetForwardingPipelineConfig, in the specification's order."""
+        if device_id != self.device_id:
+            # PI: a request to another device id finds no primary there.
+            raise P4RuntimeError(code_pb2.PERMISSION_DENIED,
+                                 f"Not primary: unknown device id {device_id}; this switch is device {self.device_id}")
+        if role:
+            raise P4RuntimeError(code_pb2.NOT_FOUND, f"unknown role {role!r}; softswitch has only the default role")
+        if not self.arbitration.may_write(election_id):
+            raise P4RuntimeError(code_pb2.PERMISSION_DENIED,
+                                 f"Not primary: election id {election_id} is not the primary's; open a StreamChannel "
+                                 "and win arbitration with a higher election id")
+
+    def check_reader(self, device_id: int) -> Pipeline:
+        if device_id != self.device_id:
+            raise P4RuntimeError(code_pb2.FAILED_PRECONDITION, f"No forwarding pipeline config set for device "
+                                 f"{device_id}; this switch is device {self.device_id}")
+        return self._require_pipeline()
+
+    # ---- Write --------------------------------------------------------------------------------------------
+    def write(self, request: p4runtime_pb2.WriteRequest) -> list[p4runtime_pb2.Error] | None:
+        """Apply a batch update by update; per-update errors (None when every update succeeded)."""
+        if request.atomicity != p4runtime_pb2.WriteRequest.CONTINUE_ON_ERROR:
+            raise P4RuntimeError(code_pb2.UNIMPLEMENTED, "only CONTINUE_ON_ERROR batches are supported (as in BMv2)")
+        errors: list[p4runtime_pb2.Error] = []
+        failed = False
+        with self._lock:
+            p = self._require_pipeline()
+            for i, update in enumerate(request.updates):
+                err = p4runtime_pb2.Error(canonical_code=code_pb2.OK)
+                try:
+                    self._write_update(p, update)
+                except P4RuntimeError as exc:
+                    failed = True
+                    err.canonical_code = exc.code
+                    err.message = exc.message
+                    err.space = "softswitch"
+                    log.info("write update %d: %s", i, exc)
+                errors.append(err)
+        return errors if failed else None
+
+    def _write_update(self, p: Pipeline, update: p4runtime_pb2.Update) -> None:
+        if update.type not in (Update.INSERT, Update.MODIFY, Update.DELETE):
+            raise invalid("update type is not set; use INSERT, MODIFY or DELETE")
+        kind = update.entity.WhichOneof("entity")
+        if kind == "table_entry":
+            self._write_table_entry(p, update.type, update.entity.table_entry)
+        elif kind == "counter_entry":
+            self._write_counter(p, update.type, update.entity.counter_entry)
+        elif kind == "direct_counter_entry":
+            self._write_direct_counter(p, update.type, update.entity.direct_counter_entry)
+        elif kind is None:
+            raise invalid("update without an entity")
+        else:
+            raise P4RuntimeError(code_pb2.UNIMPLEMENTED, f"{kind} writes are not supported by softswitch")
+
+    @staticmethod
+    def _dp_call(table: TableInfo, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except EntryExists:
+            raise P4RuntimeError(code_pb2.ALREADY_EXISTS,
+                                 f"{table.name}: match entry exists, use MODIFY if you wish to change action") from None
+        except EntryNotFound:
+            raise P4RuntimeError(code_pb2.NOT_FOUND, f"{table.name}: cannot find match entry") from None
+        except TableFull:
+            raise P4RuntimeError(code_pb2.RESOURCE_EXHAUSTED,
+                                 f"{table.name} is full ({table.size} entries); delete entries first") from None
+        except InvalidEntry as exc:
+            raise invalid(f"{table.name}: {exc}") from None
+        except DataplaneError as exc:
+            raise P4RuntimeError(code_pb2.INTERNAL, f"{table.name}: {exc}") from None
+
+    def _write_table_entry(self, p: Pipeline, op: int, te: p4runtime_pb2.TableEntry) -> None:
+        table = p.schema.table(te.table_id)
+        dp = p.dataplane
+        if te.HasField("time_since_last_hit"):
+            raise invalid(f"{table.name}: time_since_last_hit must not be set in a WriteRequest")
+        if te.is_default_action:
+            if op != Update.MODIFY:
+                raise invalid(f"{table.name}: cannot {Update.Type.Name(op)} the default entry; use MODIFY")
+            if te.match or te.priority:
+                raise invalid(f"{table.name}: the default entry has no match and priority 0")
+            if te.idle_timeout_ns:
+                raise invalid(f"{table.name}: the default entry cannot have an idle timeout")
+            if table.const_default_action_id:
+                raise P4RuntimeError(code_pb2.PERMISSION_DENIED,
+                                     f"{table.name} has a const default action, which cannot be changed")
+            if te.HasField("counter_data"):
+                raise P4RuntimeError(code_pb2.UNIMPLEMENTED, f"{table.name}: softswitch does not count default-entry "
+                                     "hits; leave counter_data unset")
+            if te.HasField("action"):
+                action_id, params = p.codec.action(te, table)
+                self._dp_call(table, lambda: dp.set_default(table.id, action_id, params))
+                p.defaults[table.id] = (te.controller_metadata, te.metadata)
+            else:
+                self._dp_call(table, lambda: dp.reset_default(table.id))
+                p.defaults.pop(table.id, None)
+            return
+        if table.is_const:
+            raise P4RuntimeError(code_pb2.PERMISSION_DENIED,
+                                 f"{table.name} is a const table: its entries come from the P4 program")
+        now = time.monotonic_ns()
+        if op == Update.DELETE:
+            match, priority = p.codec.match(te, table)
+            self._dp_call(table, lambda: dp.delete(table.id, match, priority))
+            p.meta.pop(entry_key(table.id, match, priority), None)
+            return
+        e = p.codec.entry(te, table)
+        key = entry_key(table.id, e.match, e.priority)
+        if op == Update.INSERT:
+            self._dp_call(table, lambda: dp.insert(e))
+            meta = EntryMeta(e.match, te.controller_metadata, te.metadata, te.idle_timeout_ns, now, now)
+            p.meta[key] = meta
+        else:
+            old = dp.get(table.id, e.match, e.priority)
+            if old is None:
+                raise P4RuntimeError(code_pb2.NOT_FOUND, f"{table.name}: cannot find match entry")
+            if not te.HasField("counter_data"):
+                e.packets, e.bytes = old.packets, old.bytes
+            e.last_hit_ns = old.last_hit_ns
+            self._dp_call(table, lambda: dp.modify(e))
+            if te.HasField("counter_data"):
+                self._dp_call(table, lambda: dp.direct_counter_write(table.id, e.match, e.priority, e.packets, e.bytes))
+            prev = p.meta.get(key)
+            meta = EntryMeta(e.match, te.controller_metadata, te.metadata, te.idle_timeout_ns,
+                             prev.added_ns if prev else now, now, (prev.gen + 1) if prev else 0)
+            p.meta[key] = meta
+        if meta.idle_timeout_ns:
+            heapq.heappush(p.idle_heap, (now + meta.idle_timeout_ns, meta.gen, key))
+
+    def _write_counter(self, p: Pipeline, op: int, ce: p4runtime_pb2.CounterEntry) -> None:
+        counter = p.schema.counter(ce.counter_id)
+        if op != Update.MODIFY:
+            raise invalid(f"counter {counter.name}: only MODIFY applies to counters")
+        if not ce.HasField("index"):
+            raise P4RuntimeError(code_pb2.UNIMPLEMENTED, f"counter {counter.name}: wildcard writes are not supported; "
+                                 "set index")
+        idx = ce.index.index
+        if idx < 0:
+            raise invalid(f"counter {counter.name}: negative index {idx}")
+        if idx >= counter.size:
+            raise P4RuntimeError(code_pb2.OUT_OF_RANGE, f"counter {counter.name}: index {idx} >= size {counter.size}")
+        p.dataplane.counter_write(counter.id, idx, ce.data.packet_count, ce.data.byte_count)
+
+    def _write_direct_counter(self, p: Pipeline, op: int, dce: p4runtime_pb2.DirectCounterEntry) -> None:
+        if not dce.HasField("table_entry"):
+            raise invalid("DirectCounterEntry without table_entry")
+        te = dce.table_entry
+        table = p.schema.table(te.table_id)
+        if not table.direct_counter_id:
+            raise invalid(f"{table.name} has no direct counter")
+        if op != Update.MODIFY:
+            raise invalid(f"{table.name}: only MODIFY applies to direct counters")
+        if te.is_default_action:
+            raise P4RuntimeError(code_pb2.UNIMPLEMENTED, f"{table.name}: softswitch does not count default-entry hits")
+        match, priority = p.codec.match(te, table)
+        self._dp_call(table, lambda: p.dataplane.direct_counter_write(table.id, match, priority,
+                                                                       dce.data.packet_count, dce.data.byte_count))
+
+    # ---- Read ---------------------------------------------------------------------------------------------
+    def read(self, request: p4runtime_pb2.ReadRequest) -> Iterator[p4runtime_pb2.ReadResponse]:
+        p = self.check_reader(request.device_id)
+        entities: list[p4runtime_pb2.Entity] = []
+        for entity in request.entities:
+            kind = entity.WhichOneof("entity")
+            if kind == "table_entry":
+                entities += self._read_tables(p, entity.table_entry)
+            elif kind == "counter_entry":
+                entities += self._read_counters(p, entity.counter_entry)
+            elif kind == "direct_counter_entry":
+                entities += self._read_direct_counters(p, entity.direct_counter_entry)
+            elif kind is None:
+                raise invalid("read of an entity that is not set")
+            else:
+                raise P4RuntimeError(code_pb2.UNIMPLEMENTED, f"{kind} reads are not supported by softswitch")
+        for i in range(0, max(len(entities), 1), READ_CHUNK):
+            yield p4runtime_pb2.ReadResponse(entities=entities[i:i + READ_CHUNK])
+
+    def _read_tables(self, p: Pipeline, req: p4runtime_pb2.TableEntry) -> list[p4runtime_pb2.Entity]:
+        want_counters = req.HasField("counter_data")
+        want_hit = req.HasField("time_since_last_hit")
+        if req.table_id:
+            tables = [p.schema.table(req.table_id)]
+            if want_hit and not tables[0].supports_idle_timeout and not req.is_default_action:
+                raise invalid(f"{tables[0].name} does not support idle timeout; do not set time_since_last_hit")
+        else:
+            if req.match:
+                raise invalid("a match needs a table id")
+            tables = list(p.schema.tables.values())
+        action_filter = req.action.action.action_id if req.HasField("action") else 0
+        out: list[p4runtime_pb2.Entity] = []
+        for table in tables:
+            if req.is_default_action:
+                if want_hit:
+                    raise invalid(f"{table.name}: default entries have no idle timeout; do not set "
+                                  "time_since_last_hit")
+                with self._lock:
+                    action_id, params = p.dataplane.get_default(table.id)
+                    cookies = p.defaults.get(table.id, (0, b""))
+                if action_filter and action_id != action_filter:
+                    continue
+                te = p4runtime_pb2.TableEntry(table_id=table.id, is_default_action=True,
+                                              controller_metadata=cookies[0], metadata=cookies[1])
+                te.action.CopyFrom(p.codec.action_to_proto(action_id, params))
+                out.append(p4runtime_pb2.Entity(table_entry=te))
+                continue
+            with self._lock:
+                now = time.monotonic_ns()
+                if req.match:
+                    match, priority = p.codec.match(req, table)
+                    one = p.dataplane.get(table.id, match, priority)
+                    entries = [one] if one is not None else []
+                elif table.is_const:
+                    entries = list(p.dataplane.const_entries(table.id))
+                else:
+                    entries = p.dataplane.entries(table.id)
+                rows: list[tuple[TableEntry, tuple[int, bytes, int, int] | None]] = []
+                for e in entries:
+                    em = p.meta.get(entry_key(table.id, e.match, e.priority))
+                    rows.append((e, (em.controller_metadata, em.metadata, em.idle_timeout_ns, em.added_ns) if em else None))
+            for e, m in rows:
+                if action_filter and e.action_id != action_filter:
+                    continue
+                if req.priority and e.priority != req.priority:
+                    continue
+                if req.controller_metadata and (m is None or m[0] != req.controller_metadata):
+                    continue
+                if req.metadata and (m is None or m[1] != req.metadata):
+                    continue
+                te = p.codec.entry_to_proto(table, e)
+                if m is not None:
+                    te.controller_metadata, te.metadata, te.idle_timeout_ns = m[0], m[1], m[2]
+                elif table.is_const:
+                    te.is_const = True
+                if want_counters and table.direct_counter_id:
+                    te.counter_data.packet_count = e.packets
+                    te.counter_data.byte_count = e.bytes
+                if want_hit and table.supports_idle_timeout:
+                    since = e.last_hit_ns or (m[3] if m else now)
+                    te.time_since_last_hit.elapsed_ns = max(0, now - since)
+                out.append(p4runtime_pb2.Entity(table_entry=te))
+        return out
+
+    def _read_counters(self, p: Pipeline, req: p4runtime_pb2.CounterEntry) -> list[p4runtime_pb2.Entity]:
+        counters = [p.schema.counter(req.counter_id)] if req.counter_id else list(p.schema.counters.values())
+        out = []
+        with self._lock:
+            for c in counters:
+                if req.HasField("index"):
+                    if req.index.index < 0:
+                        raise invalid(f"counter {c.name}: negative index {req.index.index}")
+                    if req.index.index >= c.size:
+                        raise P4RuntimeError(code_pb2.OUT_OF_RANGE,
+                                             f"counter {c.name}: index {req.index.index} >= size {c.size}")
+                    indices: range | list[int] = [req.index.index]
+                else:
+                    indices = range(c.size)
+                for i in indices:
+                    packets, bytes_ = p.dataplane.counter_read(c.id, i)
+                    ce = p4runtime_pb2.CounterEntry(counter_id=c.id)
+                    ce.index.index = i
+                    _set_counter_data(ce.data, c.unit, packets, bytes_)
+                    out.append(p4runtime_pb2.Entity(counter_entry=ce))
+        return out
+
+    def _read_direct_counters(self, p: Pipeline, req: p4runtime_pb2.DirectCounterEntry) -> list[p4runtime_pb2.Entity]:
+        if not req.HasField("table_entry") or not req.table_entry.table_id:
+            raise P4RuntimeError(code_pb2.UNIMPLEMENTED, "reading the direct counters of all tables is not supported; "
+                                 "set table_entry.table_id")
+        te = req.table_entry
+        table = p.schema.table(te.table_id)
+        if not table.direct_counter_id:
+            raise invalid(f"{table.name} has no direct counter")
+        if te.is_default_action:
+            raise P4RuntimeError(code_pb2.UNIMPLEMENTED, f"{table.name}: softswitch does not count default-entry hits")
+        unit = p.schema.p4info.direct_counters[0].spec.unit if p.schema.p4info.direct_counters else 3
+        for dc in p.schema.p4info.direct_counters:
+            if dc.preamble.id == table.direct_counter_id:
+                unit = dc.spec.unit
+        with self._lock:
+            if te.match:
+                match, priority = p.codec.match(te, table)
+                one = p.dataplane.get(table.id, match, priority)
+                if one is None:
+                    raise P4RuntimeError(code_pb2.NOT_FOUND, f"{table.name}: cannot find match entry")
+                entries = [one]
+            else:
+                entries = p.dataplane.entries(table.id)
+        out = []
+        for e in entries:
+            dce = p4runtime_pb2.DirectCounterEntry()
+            dce.table_entry.table_id = table.id
+            dce.table_entry.priority = e.priority
+            dce.table_entry.match.extend(p.codec.match_to_proto(table, e.match))
+            _set_counter_data(dce.data, unit, e.packets, e.bytes)
+            out.append(p4runtime_pb2.Entity(direct_counter_entry=dce))
+        return out
+
+    # ---- packets ------------------------------------------------------------------------------------------
+    def receive(self, port: int, frame: bytes) -> None:
+        """A frame arrived on `port` (called by the port reader threads)."""
+        with self._lock:
+            p = self.pipeline
+            if p is None:
+                return
+            try:
+                outputs = p.dataplane.process(port, frame)
+            except DataplaneError as exc:
+                log.debug("port %d: %d-byte frame dropped: %s", port, len(frame), exc)
+                return
+        if self.dump_bytes:
+            log.info("port %d in (%d bytes): %s", port, len(frame), frame[:self.dump_bytes].hex())
+            for egress, data in outputs:
+                log.info("port %d out (%d bytes): %s", egress, len(data), data[:self.dump_bytes].hex())
+        elif log.isEnabledFor(TRACE):
+            log.log(TRACE, "port %d: %d bytes in -> %s", port, len(frame), [(e, len(f)) for e, f in outputs])
+        self._emit(p, outputs)
+
+    def _emit(self, p: Pipeline, outputs: list[tuple[int, bytes]]) -> None:
+        for egress, data in outputs:
+            if egress == self.drop_port:
+                continue
+            if self.cpu_port is not None and egress == self.cpu_port:
+                self._packet_in(p, data)
+                continue
+            sink = self.ports.get(egress)
+            if sink is None:
+                log.debug("egress port %d has no interface; %d-byte frame dropped", egress, len(data))
+                continue
+            sink.send(data)
+
+    def _packet_in(self, p: Pipeline, data: bytes) -> None:
+        msg = p4runtime_pb2.StreamMessageResponse()
+        hdr = p.schema.packet_in
+        if hdr is not None:
+            if len(data) < hdr.nbytes:
+                log.warning("a %d-byte frame to the CPU port is shorter than the packet_in header; dropped", len(data))
+                return
+            for fid, value in unpack_header(hdr, data).items():
+                msg.packet.metadata.add(metadata_id=fid, value=encode_uint(value))
+            data = data[hdr.nbytes:]
+        msg.packet.payload = data
+        if self.arbitration.send_to_primary(msg):
+            self.packet_ins += 1
+        else:
+            self.packet_ins_dropped += 1
+
+    def packet_out(self, packet: p4runtime_pb2.PacketOut) -> p4runtime_pb2.StreamError | None:
+        """Inject a primary's PacketOut as from the CPU port; a StreamError for the sender when it is refused."""
+        try:
+            p = self._require_pipeline()
+            if self.cpu_port is None:
+                raise P4RuntimeError(code_pb2.FAILED_PRECONDITION, "packet-out needs the switch started with --cpu-port")
+            hdr = p.schema.packet_out
+            values: dict[int, int] = {}
+            if hdr is not None:
+                fields = {f.id: f for f in hdr.fields}
+                for md in packet.metadata:
+                    f = fields.get(md.metadata_id)
+                    if f is None:
+                        raise invalid(f"PacketOut: unknown metadata id {md.metadata_id}; packet_out has "
+                                      f"{', '.join(f'{x.name} ({x.id})' for x in hdr.fields)}")
+                    values[f.id] = decode_uint(md.value, f.bitwidth, f"PacketOut metadata {f.name}",
+                                               self.strict_bytestrings)
+                data = pack_header(hdr, values) + packet.payload
+            elif packet.metadata:
+                raise invalid("PacketOut has metadata but the program has no @controller_header(\"packet_out\")")
+            else:
+                data = packet.payload
+        except P4RuntimeError as exc:
+            err = p4runtime_pb2.StreamError(canonical_code=exc.code, message=exc.message, space="softswitch")
+            err.packet_out.packet_out.CopyFrom(packet)
+            return err
+        self.receive(self.cpu_port, data)
+        return None
+
+    # ---- idle timeouts ------------------------------------------------------------------------------------
+    def _idle_loop(self) -> None:
+        while not self._stop.wait(self.idle_scan_interval):
+            try:
+                self.idle_scan()
+            except Exception:
+                log.exception("idle-timeout scan failed")
+
+    def idle_scan(self) -> int:
+        """Notify the primary of entries idle for at least their TTL; returns how many were notified.
+
+        After a notification the entry's timer restarts (specification): it is notified again after another TTL
+        without hits, for as long as it stays idle (BMv2 re-notifies about every 2 s instead).
+        """
+        per_table: dict[int, p4runtime_pb2.IdleTimeoutNotification] = {}
+        with self._lock:
+            p = self.pipeline
+            if p is None or not p.idle_heap:
+                return 0
+            now = time.monotonic_ns()
+            heap = p.idle_heap
+            while heap and heap[0][0] <= now:
+                _, gen, key = heapq.heappop(heap)
+                meta = p.meta.get(key)
+                if meta is None or meta.gen != gen or not meta.idle_timeout_ns:
+                    continue
+                e = p.dataplane.get(key[0], meta.match, key[2])
+                if e is None:
+                    continue
+                base = max(meta.timer_ns, e.last_hit_ns)
+                if now - base >= meta.idle_timeout_ns:
+                    table = p.schema.tables[key[0]]
+                    n = per_table.setdefault(table.id, p4runtime_pb2.IdleTimeoutNotification())
+                    te = n.table_entry.add(table_id=table.id, priority=key[2],
+                                           controller_metadata=meta.controller_metadata, metadata=meta.metadata,
+                                           idle_timeout_ns=meta.idle_timeout_ns)
+                    te.match.extend(p.codec.match_to_proto(table, meta.match))
+                    meta.timer_ns = now
+                    base = now
+                heapq.heappush(heap, (base + meta.idle_timeout_ns, gen, key))
+        count = 0
+        for n in per_table.values():
+            n.timestamp = time.time_ns()
+            count += len(n.table_entry)
+            self.arbitration.send_to_primary(p4runtime_pb2.StreamMessageResponse(idle_timeout_notification=n))
+        if count:
+            log.debug("idle timeout: %d entr%s notified", count, "y" if count == 1 else "ies")
+        return count
+
+
+def _set_counter_data(data: p4runtime_pb2.CounterData, unit: int, packets: int, bytes_: int) -> None:
+    # p4info CounterSpec.Unit: 1 BYTES, 2 PACKETS, 3 BOTH
+    if unit in (2, 3, 0):
+        data.packet_count = packets
+    if unit in (1, 3, 0):
+        data.byte_count = bytes_
+
+
+# ---- gRPC ---------------------------------------------------------------------------------------------------
+_END = object()
+
+
+class _Abort:
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        self.message = message
+
+
+class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
+    """The gRPC face of a SoftSwitch."""
+
+    def __init__(self, switch: SoftSwitch) -> None:
+        self.sw = switch
+
+    @staticmethod
+    def _abort(context: grpc.ServicerContext, exc: P4RuntimeError) -> NoReturn:
+        context.abort(GRPC_CODES.get(exc.code, grpc.StatusCode.UNKNOWN), exc.message)
+        raise AssertionError("unreachable: grpc's abort raises")
+
+    def Write(self, request: p4runtime_pb2.WriteRequest, context: grpc.ServicerContext) -> p4runtime_pb2.WriteResponse:
+        election = (request.election_id.high, request.election_id.low) if request.HasField("election_id") else None
+        try:
+            self.sw.check_writer(request.device_id, request.role, election)
+            errors = self.sw.write(request)
+        except P4RuntimeError as exc:
+            log.info("Write refused: %s", exc)
+            self._abort(context, exc)
+        if errors is not None:
+            status = status_pb2.Status(code=code_pb2.UNKNOWN, message="Write failure.")
+            for err in errors:
+                detail = any_pb2.Any()
+                detail.Pack(err)
+                status.details.append(detail)
+            context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
+            context.abort(grpc.StatusCode.UNKNOWN, "Write failure.")
+        return p4runtime_pb2.WriteResponse()
+
+    def Read(self, request: p4runtime_pb2.ReadRequest,
+             context: grpc.ServicerContext) -> Iterator[p4runtime_pb2.ReadResponse]:
+        try:
+            responses = list(self.sw.read(request))
+        except P4RuntimeError as exc:
+            log.info("Read refused: %s", exc)
+            self._abort(context, exc)
+            return
+        yield from responses
+
+    def SetForwardingPipelineConfig(self, request: p4runtime_pb2.SetForwardingPipelineConfigRequest,
+                                    context: grpc.ServicerContext) -> p4runtime_pb2.SetForwardingPipelineConfigResponse:
+        election = (request.election_id.high, request.election_id.low) if request.HasField("election_id") else None
+        try:
+            self.sw.check_writer(request.device_id, request.role, election)
+            self.sw.set_pipeline(request.action, request.config, request.HasField("config"))
+        except P4RuntimeError as exc:
+            log.warning("SetForwardingPipelineConfig refused: %s", exc)
+            self._abort(context, exc)
+        return p4runtime_pb2.SetForwardingPipelineConfigResponse()
+
+    def GetForwardingPipelineConfig(self, request: p4runtime_pb2.GetForwardingPipelineConfigRequest,
+                                    context: grpc.ServicerContext) -> p4runtime_pb2.GetForwardingPipelineConfigResponse:
+        try:
+            self.sw.check_reader(request.device_id)
+            config = self.sw.get_pipeline(request.response_type)
+        except P4RuntimeError as exc:
+            self._abort(context, exc)
+        return p4runtime_pb2.GetForwardingPipelineConfigResponse(config=config)
+
+    def Capabilities(self, request: p4runtime_pb2.CapabilitiesRequest,
+                     context: grpc.ServicerContext) -> p4runtime_pb2.CapabilitiesResponse:
+        return p4runtime_pb2.CapabilitiesResponse(p4runtime_api_version=api_version())
+
+    def StreamChannel(self, request_iterator: Iterator[p4runtime_pb2.StreamMessageRequest],
+                      context: grpc.ServicerContext) -> Iterator[p4runtime_pb2.StreamMessageResponse]:
+        out: queue.Queue[Any] = queue.Queue()
+
+        def send(msg: p4runtime_pb2.StreamMessageResponse) -> None:
+            if msg.HasField("packet") and out.qsize() >= PACKET_IN_QUEUE:
+                self.sw.packet_ins_dropped += 1
+                return
+            out.put(msg)
+
+        conn = Connection(send=send, peer=context.peer())
+        context.add_callback(lambda: out.put(_END))
+        reader = threading.Thread(target=self._stream_reader, args=(request_iterator, conn, out),
+                                  name=f"stream-{conn.id}", daemon=True)
+        reader.start()
+        log.debug("stream %d opened by %s", conn.id, conn.peer)
+        try:
+            while True:
+                item = out.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Abort):
+                    context.abort(GRPC_CODES.get(item.code, grpc.StatusCode.UNKNOWN), item.message)
+                yield item
+        finally:
+            self.sw.arbitration.remove(conn)
+            log.debug("stream %d closed", conn.id)
+
+    def _stream_reader(self, requests: Iterator[p4runtime_pb2.StreamMessageRequest], conn: Connection,
+                       out: queue.Queue[Any]) -> None:
+        try:
+            for req in requests:
+                kind = req.WhichOneof("update")
+                if kind == "arbitration":
+                    try:
+                        self.sw.arbitration.update(conn, req.arbitration)
+                    except ArbitrationError as exc:
+                        log.info("arbitration from %s refused: %s", conn.peer, exc.message)
+                        out.put(_Abort(exc.code, exc.message))
+                        return
+                elif kind == "packet":
+                    if not self.sw.arbitration.is_primary(conn):
+                        log.debug("packet-out from non-primary %s ignored", conn)
+                        continue
+                    err = self.sw.packet_out(req.packet)
+                    if err is not None:
+                        log.info("packet-out refused: %s", err.message)
+                        conn.send(p4runtime_pb2.StreamMessageResponse(error=err))
+                elif kind in ("digest_ack", "other"):
+                    continue
+        except grpc.RpcError:
+            pass
+        except Exception:
+            log.exception("stream %d: reading requests failed", conn.id)
+        out.put(_END)
+
+
+class ServerStartError(RuntimeError):
+    """The gRPC server could not listen (busy or invalid address, unreadable TLS files); one line."""
+
+
+@dataclass
+class TlsOptions:
+    cert: bytes
+    key: bytes
+    cacert: bytes | None = None
+    require_client_auth: bool = False
+
+
+def _check_bindable(addr: str) -> None:
+    """A busy or bad address as one clear line (gRPC itself logs a multi-line C-core error and returns 0)."""
+    host, sep, port_s = addr.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_s.isdigit():
+        raise ServerStartError(f"--grpc-server-addr {addr}: expected HOST:PORT, e.g. 127.0.0.1:9559")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host or "0.0.0.0", int(port_s)))
+    except OSError as exc:
+        reason = "the address is in use; stop the other switch or pick another --grpc-server-addr" \
+            if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise ServerStartError(f"cannot listen on {addr}: {reason}") from None
+
+
+def serve(switch: SoftSwitch, addr: str, tls: TlsOptions | None = None, max_workers: int = 64) -> grpc.Server:
+    """Start the P4Runtime gRPC server for `switch` on `addr`; raises ServerStartError when it cannot listen."""
+    _check_bindable(addr)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 256 << 20)])
+    p4runtime_pb2_grpc.add_P4RuntimeServicer_to_server(P4RuntimeService(switch), server)
+    try:
+        if tls is None:
+            port = server.add_insecure_port(addr)
+        else:
+            creds = grpc.ssl_server_credentials([(tls.key, tls.cert)], root_certificates=tls.cacert,
+                                                require_client_auth=tls.require_client_auth)
+            port = server.add_secure_port(addr, creds)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise ServerStartError(f"cannot listen on {addr}: the address is in use or invalid; stop the other switch "
+                               "or pick another --grpc-server-addr")
+    server.start()
+    switch.start()
+    return server
