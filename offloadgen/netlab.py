@@ -74,11 +74,14 @@ class Netlab:
     _namespaces: list[str] = field(default_factory=list)
     _links: list[str] = field(default_factory=list)
 
-    def veth(self, a: str, b: str) -> tuple[str, str]:
-        """A plain veth pair in the root namespace (e.g. a PTF port and a switch port)."""
+    def veth(self, a: str, b: str, mtu: int | None = None) -> tuple[str, str]:
+        """A plain veth pair in the root namespace (e.g. a PTF port and a switch port). A larger `mtu` lets a
+        test send frames bigger than the profile's port MTU, to see the switch punt them."""
         sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
         self._links.append(a)
         for end in (a, b):
+            if mtu:
+                sh("ip", "link", "set", end, "mtu", str(mtu))
             sh("ip", "link", "set", end, "up")
             sh("sysctl", "-qw", f"net.ipv6.conf.{end}.disable_ipv6=1", check=False)
             disable_offloads(end)

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         interfaces: list[str] = []
         ports: dict[int, str] = {}
         for port in profile.ports:
-            ptf_end, sw_end = lab.veth(f"p{lab.tag}{port.number}", f"s{lab.tag}{port.number}")
+            ptf_end, sw_end = lab.veth(f"p{lab.tag}{port.number}", f"s{lab.tag}{port.number}", mtu=9000)
             interfaces += ["-i", f"{port.number}@{ptf_end}"]
             ports[port.number] = sw_end
         spec = SwitchSpec(kind=args.switch, ports=ports, grpc_addr=free_grpc_addr(), cpu_port=profile.cpu_port,

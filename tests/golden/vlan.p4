@@ -116,6 +116,7 @@ struct metadata_t {
     bit<16> l4_dst_port;
     bit<16> l3_len;
     bit<16> mtu;
+    bit<1> drop;
     bit<1> nat;
     ipv4_addr_t nat_saddr;
     ipv4_addr_t nat_daddr;
@@ -256,8 +257,9 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
         hdr.vlan.setInvalid();
     }
 
+    /* Dropped at the end of ingress, so that no later punt can send the frame to the CPU instead. */
     action drop() {
-        mark_to_drop(standard_metadata);
+        meta.drop = 1;
     }
 
     /* Tagged frames are accepted only with their port's VLAN id; the tag is popped on the way in. */
@@ -320,7 +322,7 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
             }
 
             /* The flow tables: a hit sets meta.fwd, a miss sets the MISS punt reason. */
-            if (meta.punt_reason == punt_reason_t.NONE) {
+            if (meta.punt_reason == punt_reason_t.NONE && meta.drop == 0) {
 if (hdr.ipv4.isValid()) {
                     flow_v4.apply();
                 }
@@ -334,7 +336,9 @@ if (hdr.ipv4.isValid()) {
                 }
             }
 
-            if (meta.fwd == 1) {
+            if (meta.drop == 1) {
+                mark_to_drop(standard_metadata);
+            } else if (meta.fwd == 1) {
                 hdr.ethernet.src_addr = meta.smac;
                 hdr.ethernet.dst_addr = meta.dmac;
                 if (hdr.ipv4.isValid()) {
