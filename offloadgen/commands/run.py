@@ -1,0 +1,58 @@
+"""`offloadgen run --config router.toml [--switch ADDR] [--build DIR] [--target softswitch|bmv2]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from runtime.config import load_config
+from runtime.conntrack import format_conntrack
+from runtime.controller import Controller
+from runtime.pipeline import TARGETS, load_build
+
+log = logging.getLogger("offloadgen.run")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the controller: push the pipeline, route punted packets (slow path)")
+    p.add_argument("--config", required=True, help="router config (TOML), e.g. configs/router.toml")
+    p.add_argument("--switch", default="127.0.0.1:9559", help="the switch's P4Runtime address (default 127.0.0.1:9559)")
+    p.add_argument("--build", default="build", help="offloadgen build output directory (default: build/)")
+    p.add_argument("--target", choices=TARGETS, default="softswitch",
+                   help="what the switch is: softswitch takes the P4 source, bmv2 the BMv2 JSON (default softswitch)")
+    p.add_argument("--device-id", type=int, default=1, help="P4Runtime device id (default 1)")
+    p.add_argument("--election-id", type=int, default=1, help="arbitration election id, low 64 bits (default 1)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the switch (default 10)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    pipeline = load_build(Path(args.build), args.target)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.warning("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("runtime.controller").setLevel(logging.INFO)  # new connections are always logged
+        logging.getLogger("offloadgen.run").setLevel(logging.INFO)
+    try:
+        with Controller(config, pipeline, args.switch, device_id=args.device_id,
+                        election_id=(0, args.election_id)) as ctl:
+            log.info("running: %d ports, %d routes; Ctrl-C to stop", len(config.ports), len(ctl.slowpath.routes.routes()))
+            ctl.wait(stop)
+            table = format_conntrack(ctl.snapshot())
+            if table:
+                log.info("connections at exit:\n%s", table)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return 0

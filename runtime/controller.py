@@ -1,0 +1,234 @@
+"""The controller: holds one switch, pushes its pipeline and runs the slow path on every punted packet.
+
+Threads: the client's stream thread only queues events; one worker thread owns the slow path (conntrack,
+NAT, neighbours) and processes packet-ins in arrival order, plus a tick every second (conntrack GC,
+neighbour probes). Other threads read state through :meth:`Controller.snapshot` (conntrack has a lock).
+On reconnection (the switch restarted) the worker re-pushes the pipeline -- skipped when the cookie
+matches -- and calls the ``on_reconnect`` hooks (issue 8 re-installs offloaded flows there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .client import ElectionId, StreamHandlers, SwitchClient
+from .config import RouterConfig
+from .conntrack import Conn, Conntrack, CtEvent, CtRecord, Timeouts
+from .entities import IdleTimeout, PacketIn
+from .errors import P4RuntimeError
+from .pipeline import Pipeline
+from .slowpath import SlowPath
+
+log = logging.getLogger(__name__)
+
+PUNT_ENUM = "punt_reason_t"
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    kind: str  # "packet", "idle", "connected", "disconnected", "call"
+    payload: Any = None
+
+
+class Controller:
+    """A context manager: ``with Controller(config, pipeline, "127.0.0.1:9559") as ctl: ctl.wait()``."""
+
+    def __init__(self, config: RouterConfig, pipeline: Pipeline, address: str, *, device_id: int = 1,
+                 election_id: ElectionId = (0, 1), clock: Callable[[], int] = time.monotonic_ns,
+                 timeouts: Timeouts | None = None, tcp_loose: bool = True, queue_size: int = 65536) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.clock = clock
+        self.client = SwitchClient(address, device_id=device_id, election_id=election_id, p4info=pipeline.p4info,
+                                   handlers=StreamHandlers(self._on_packet_in, self._on_idle_timeout,
+                                                           self._on_connected, self._on_disconnected))
+        self.conntrack = Conntrack(clock, timeouts=timeouts, tcp_loose=tcp_loose)
+        self.slowpath = SlowPath(config, clock=clock, emit=self._emit, conntrack=self.conntrack)
+        self.conntrack.subscribe(self._log_event)
+        try:
+            self.punt_reasons = pipeline.p4info.serializable_enum(PUNT_ENUM)
+        except LookupError:
+            self.punt_reasons = {}
+        self.on_reconnect: list[Callable[[], None]] = []
+        self.on_idle_timeout: list[Callable[[IdleTimeout], None]] = []
+        self.on_tick: list[Callable[[], None]] = []
+        self._events: queue.Queue[_Event] = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._start_connects = 0
+        self.dropped_events = 0
+        self.tx_errors = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, connect_timeout: float = 10.0) -> Controller:
+        self.client.connect(connect_timeout)
+        pushed = self.client.set_pipeline(self.pipeline)
+        log.info("connected to %s; pipeline %s", self.client.address, "pushed" if pushed else "already there")
+        self._start_connects = self.client.connect_count
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._run, name="controller", daemon=True)
+        self._worker.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._events.put_nowait(_Event("wake"))
+        if self._worker is not None:
+            self._worker.join(timeout=10)
+            self._worker = None
+        self.client.close()
+        log.info("controller stopped")
+
+    def wait(self, stop: threading.Event | None = None) -> None:
+        """Block until ``stop`` is set (the run command's signal handler sets it)."""
+        ev = stop or threading.Event()
+        while not ev.is_set() and not self._stop.is_set():
+            ev.wait(0.5)
+
+    def __enter__(self) -> Controller:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Run ``fn`` on the worker thread (where the slow-path state lives) and return its result."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:
+                box["error"] = exc
+            done.set()
+
+        self._events.put(_Event("call", run))
+        if not done.wait(timeout):
+            raise TimeoutError("the controller did not run the call in time")
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    # ------------------------------------------------------------------ observing
+
+    def snapshot(self) -> list[CtRecord]:
+        return self.conntrack.snapshot()
+
+    def stats(self) -> dict[str, int]:
+        out = dict(self.slowpath.stats)
+        out.update({f"conntrack_{k}": v for k, v in self.conntrack.stats.items()})
+        out["conntrack_entries"] = len(self.conntrack)
+        out["packet_in"] = self.client.packets_in
+        out["packet_out"] = self.client.packets_out
+        out["queue_dropped"] = self.dropped_events
+        return out
+
+    # ------------------------------------------------------------------ stream callbacks (stream thread)
+
+    def _put(self, ev: _Event) -> None:
+        try:
+            self._events.put_nowait(ev)
+        except queue.Full:
+            self.dropped_events += 1
+
+    def _on_packet_in(self, pin: PacketIn) -> None:
+        self._put(_Event("packet", pin))
+
+    def _on_idle_timeout(self, note: IdleTimeout) -> None:
+        self._put(_Event("idle", note))
+
+    def _on_connected(self, primary: bool) -> None:
+        self._put(_Event("connected", (primary, self.client.connect_count)))
+
+    def _on_disconnected(self, why: str) -> None:
+        self._put(_Event("disconnected", why))
+
+    # ------------------------------------------------------------------ worker
+
+    def _emit(self, port: int, frame: bytes) -> None:
+        try:
+            self.client.packet_out(frame, egress_port=port)
+        except P4RuntimeError as exc:
+            self.tx_errors += 1
+            log.debug("packet-out to port %d failed: %s", port, exc)
+
+    def _run(self) -> None:
+        next_tick = time.monotonic() + 1.0
+        while not self._stop.is_set():
+            timeout = max(0.0, next_tick - time.monotonic())
+            try:
+                ev = self._events.get(timeout=timeout)
+            except queue.Empty:
+                ev = None
+            if ev is not None:
+                try:
+                    self._dispatch(ev)
+                except Exception:
+                    log.exception("controller: handling %s failed", ev.kind)
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + 1.0
+                try:
+                    self.slowpath.tick()
+                    for hook in self.on_tick:
+                        hook()
+                except Exception:
+                    log.exception("controller: periodic work failed")
+
+    def _dispatch(self, ev: _Event) -> None:
+        if ev.kind == "packet":
+            pin: PacketIn = ev.payload
+            port = pin.metadata.get("ingress_port", 0)
+            reason = self.punt_reasons.get(pin.metadata.get("reason", -1), "")
+            self.slowpath.handle(port, pin.payload, reason)
+        elif ev.kind == "call":
+            ev.payload()
+        elif ev.kind == "idle":
+            for hook in self.on_idle_timeout:
+                hook(ev.payload)
+        elif ev.kind == "connected":
+            primary, count = ev.payload
+            if primary and count > self._start_connects:
+                self._start_connects = count
+                self._reconnected()
+        elif ev.kind == "disconnected":
+            log.warning("switch connection lost: %s", ev.payload)
+
+    def _reconnected(self) -> None:
+        try:
+            self.client.set_pipeline(self.pipeline)
+        except P4RuntimeError as exc:
+            log.error("re-pushing the pipeline after reconnection failed: %s", exc)
+            return
+        log.info("reconnected to %s", self.client.address)
+        for hook in self.on_reconnect:
+            hook()
+
+    @staticmethod
+    def _log_event(event: CtEvent, conn: Conn) -> None:
+        if event is CtEvent.NEW:
+            o, r = conn.tuples
+            nat = ""
+            if conn.nat:
+                nat = f" (reply {r})"
+            log.info("new connection %d: %s %s%s", conn.id, _proto(conn.proto), o, nat)
+        elif event is CtEvent.DESTROY:
+            log.debug("connection %d gone (%s)", conn.id, conn.state_name())
+
+
+def _proto(p: int) -> str:
+    return {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}.get(p, str(p))
+
+
+def addr(b: bytes) -> str:
+    return str(ipaddress.ip_address(b))

@@ -1,0 +1,236 @@
+"""The slow path, driven with frames built by scapy: no switch needed (emit collects the packet-outs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, fragment
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    ICMPv6EchoReply,
+    ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptSrcLLAddr,
+    ICMPv6PacketTooBig,
+    ICMPv6TimeExceeded,
+    IPv6,
+)
+from scapy.layers.l2 import ARP, Ether
+from scapy.packet import Packet, Raw
+
+from runtime.actions import DecTtl, Output, SetEthDst, SetEthSrc, SetIpSrc, flatten
+from runtime.config import load_config
+from runtime.conntrack import NS, CtTuple, Dir
+from runtime.slowpath import SlowPath
+
+A, R1, B, R4 = "02:00:00:00:00:10", "02:00:00:00:01:01", "02:00:00:00:00:20", "02:00:00:00:01:04"
+
+
+class Harness:
+    def __init__(self, config_path: Path) -> None:
+        self.now = 1000 * NS
+        self.out: list[tuple[int, Ether]] = []
+        self.sp = SlowPath(load_config(config_path), clock=lambda: self.now,
+                           emit=lambda port, frame: self.out.append((port, Ether(frame))))
+
+    def send(self, port: int, pkt: Packet) -> list[tuple[int, Ether]]:
+        self.out.clear()
+        self.sp.handle(port, bytes(pkt))
+        return list(self.out)
+
+    def learn(self) -> None:
+        """A and B known on both families (as after their first ARP / ND exchange)."""
+        self.send(1, Ether(src=A, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=A, psrc="10.0.1.10", pdst="10.0.1.1"))
+        self.send(4, Ether(src=B, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=B, psrc="192.0.2.20", pdst="192.0.2.1"))
+        for port, mac, ip, gw in ((1, A, "2001:db8:1::10", "2001:db8:1::1"), (4, B, "2001:db8:2::20", "2001:db8:2::1")):
+            self.send(port, Ether(src=mac, dst="33:33:ff:00:00:01") / IPv6(src=ip, dst="ff02::1:ff00:1", hlim=255)
+                      / ICMPv6ND_NS(tgt=gw) / ICMPv6NDOptSrcLLAddr(lladdr=mac))
+        self.out.clear()
+
+
+@pytest.fixture
+def h(router_config_path: Path) -> Harness:
+    return Harness(router_config_path)
+
+
+def valid_checksums(pkt: Ether) -> bool:
+    """Recompute every checksum scapy knows and compare."""
+    raw = bytes(pkt)
+    clone = Ether(raw)
+    for layer in (IP, TCP, UDP, ICMP):
+        if layer in clone:
+            del clone[layer].chksum
+    if IPv6 in clone:
+        for layer in (TCP, UDP):
+            if layer in clone:
+                del clone[layer].chksum
+    return bytes(Ether(bytes(clone))) == raw
+
+
+def ip_checksum_ok(pkt: Ether) -> bool:
+    clone = IP(bytes(pkt[IP]))
+    want = clone.chksum
+    del clone.chksum
+    return bool(IP(bytes(clone)).chksum == want)
+
+
+def test_arp_reply_and_learning(h: Harness) -> None:
+    [(port, reply)] = h.send(1, Ether(src=A, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=A, psrc="10.0.1.10", pdst="10.0.1.1"))
+    assert port == 1 and reply[ARP].op == 2 and reply[ARP].hwsrc == R1 and reply[ARP].psrc == "10.0.1.1"
+    assert reply.dst == A
+    assert h.send(1, Ether(src=A, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=A, psrc="10.0.1.10", pdst="10.0.1.99")) == []
+
+
+def test_neighbour_solicitation_answered(h: Harness) -> None:
+    ns = (Ether(src=A, dst="33:33:ff:00:00:01") / IPv6(src="2001:db8:1::10", dst="ff02::1:ff00:1", hlim=255)
+          / ICMPv6ND_NS(tgt="2001:db8:1::1") / ICMPv6NDOptSrcLLAddr(lladdr=A))
+    [(port, na)] = h.send(1, ns)
+    assert port == 1 and na.dst == A and na[IPv6].src == "2001:db8:1::1" and na[IPv6].hlim == 255
+    assert na[ICMPv6ND_NA].tgt == "2001:db8:1::1" and na[ICMPv6ND_NA].S == 1 and na[ICMPv6ND_NA].R == 1
+    assert na[ICMPv6NDOptDstLLAddr].lladdr == R1
+    del na[ICMPv6ND_NA].cksum
+    assert valid_checksums(na)
+
+
+def test_ping_the_router(h: Harness) -> None:
+    h.learn()
+    [(port, rep)] = h.send(1, Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.1") / ICMP(id=5, seq=1) / (b"x" * 40))
+    assert port == 1 and rep[IP].src == "192.0.2.1" and rep[ICMP].type == 0 and rep[ICMP].id == 5
+    assert bytes(rep[ICMP].payload) == b"x" * 40 and valid_checksums(rep)
+    [(port, rep6)] = h.send(1, Ether(src=A, dst=R1) / IPv6(src="2001:db8:1::10", dst="2001:db8:1::1")
+                            / ICMPv6EchoRequest(id=5, seq=1, data=b"y" * 10))
+    assert ICMPv6EchoReply in rep6 and rep6[ICMPv6EchoReply].data == b"y" * 10
+    assert len(h.sp.conntrack) == 0  # the router's own traffic is not tracked
+    [(port, unreach)] = h.send(1, Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="10.0.1.1") / UDP(sport=9, dport=9))
+    assert unreach[ICMP].type == 3 and unreach[ICMP].code == 3
+
+
+def test_masquerade_both_directions_with_action_lists(h: Harness) -> None:
+    h.learn()
+    syn = Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20", ttl=64) / TCP(sport=40000, dport=80, flags="S")
+    [(port, out)] = h.send(1, syn)
+    assert port == 4 and out.src == R4 and out.dst == B
+    assert out[IP].src == "192.0.2.1" and out[IP].ttl == 63 and out[TCP].sport == 40000 and valid_checksums(out)
+    synack = (Ether(src=B, dst=R4) / IP(src="192.0.2.20", dst="192.0.2.1") / TCP(sport=80, dport=40000, flags="SA"))
+    [(port, back)] = h.send(4, synack)
+    assert port == 1 and back[IP].dst == "10.0.1.10" and back.dst == A and valid_checksums(back)
+    h.send(1, Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20") / TCP(sport=40000, dport=80, flags="A"))
+    found = h.sp.conntrack.lookup(CtTuple.make("10.0.1.10", "192.0.2.20", "tcp", 40000, 80))
+    assert found is not None
+    conn, d = found
+    assert d is Dir.ORIGINAL and conn.state_name() == "ESTABLISHED" and conn.offloadable()
+    orig = conn.actions[0]
+    assert orig is not None and orig[:3] == (SetEthSrc(bytes.fromhex("020000000104")),
+                                             SetEthDst(bytes.fromhex("020000000020")),
+                                             SetIpSrc(bytes([192, 0, 2, 1])))
+    assert orig[-2:] == (DecTtl(), Output(4))
+    rw = flatten(conn.actions[1])  # type: ignore[arg-type]
+    assert rw.out_port == 1 and rw.daddr == bytes([10, 0, 1, 10]) and rw.saddr is None
+
+
+def test_udp_checksum_zero_stays_zero(h: Harness) -> None:
+    h.learn()
+    pkt = Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20") / UDP(sport=5000, dport=53, chksum=0) / b"q"
+    [(_, out)] = h.send(1, pkt)
+    assert out[UDP].chksum == 0 and out[IP].src == "192.0.2.1"
+
+
+def test_ttl_expired(h: Harness) -> None:
+    h.learn()
+    [(port, err)] = h.send(1, Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20", ttl=1) / UDP(dport=33434))
+    assert port == 1 and err[IP].src == "10.0.1.1" and err[ICMP].type == 11 and err[ICMP].code == 0
+    assert err[IPerror].dst == "192.0.2.20" and valid_checksums(err)
+    assert len(h.sp.conntrack) == 0  # dropped before confirmation
+    [(port, err6)] = h.send(1, Ether(src=A, dst=R1) / IPv6(src="2001:db8:1::10", dst="2001:db8:2::20", hlim=1)
+                            / UDP(dport=33434))
+    assert ICMPv6TimeExceeded in err6 and err6[IPv6].src == "2001:db8:1::1"
+
+
+def test_mtu_df_and_fragmentation(h: Harness) -> None:
+    h.learn()
+    big = Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20", flags="DF") / UDP(sport=1, dport=2) / (b"z" * 2000)
+    [(port, err)] = h.send(1, big)
+    assert port == 1 and err[ICMP].type == 3 and err[ICMP].code == 4 and err[ICMP].nexthopmtu == 1500
+    nodf = Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20", id=77) / UDP(sport=1, dport=2) / (b"z" * 2000)
+    frags = h.send(1, nodf)
+    assert [p for p, _ in frags] == [4, 4] and all(len(f[IP]) <= 1500 and ip_checksum_ok(f) for _, f in frags)
+    assert frags[0][1][IP].flags.MF and frags[1][1][IP].frag * 8 == 1480
+    big6 = Ether(src=A, dst=R1) / IPv6(src="2001:db8:1::10", dst="2001:db8:2::20") / UDP(sport=1, dport=2) / (b"z" * 2000)
+    [(port, ptb)] = h.send(1, big6)
+    assert ICMPv6PacketTooBig in ptb and ptb[ICMPv6PacketTooBig].mtu == 1500
+
+
+def test_fragments_reassembled_natted_and_refragmented(h: Harness) -> None:
+    h.learn()
+    whole = IP(src="10.0.1.10", dst="192.0.2.20", id=99) / UDP(sport=7000, dport=9) / (b"f" * 2500)
+    out: list[tuple[int, Ether]] = []
+    for frag in fragment(whole, fragsize=1000):
+        out += h.send(1, Ether(src=A, dst=R1) / frag)
+    assert len(out) == 3 and {p for p, _ in out} == {4}  # fragmented again like it came (<= 1000 + header)
+    assert all(f[IP].src == "192.0.2.1" and len(f[IP]) <= 1020 and ip_checksum_ok(f) for _, f in out)
+    data = b"".join(bytes(f[IP].payload) for _, f in sorted(out, key=lambda pf: pf[1][IP].frag))
+    reassembled = IP(bytes(out[0][1][IP])[:20]) / Raw(data)
+    rebuilt = IP(bytes(reassembled))
+    rebuilt.len = 20 + len(data)
+    rebuilt.flags = 0
+    udp = UDP(data)
+    assert udp.sport == 7000 and bytes(udp.payload) == b"f" * 2500
+    ref = UDP(bytes(IP(src="192.0.2.1", dst="192.0.2.20") / UDP(sport=7000, dport=9) / (b"f" * 2500))[20:])
+    assert udp.chksum == ref.chksum  # the NAT fixed the checksum over the reassembled datagram
+
+
+def test_icmp_error_for_natted_connection_is_translated(h: Harness) -> None:
+    h.learn()
+    [(_, out)] = h.send(1, Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20") / UDP(sport=5555, dport=53))
+    quoted = bytes(out[IP])[:28]
+    err = Ether(src=B, dst=R4) / IP(src="192.0.2.20", dst="192.0.2.1") / ICMP(type=3, code=3) / Raw(quoted)
+    [(port, back)] = h.send(4, err)
+    assert port == 1 and back[IP].dst == "10.0.1.10"
+    inner = IP(bytes(back[ICMP].payload))
+    assert inner.src == "10.0.1.10" and inner.dst == "192.0.2.20"
+    del back[ICMP].chksum
+    assert valid_checksums(back)
+
+
+def test_unresolved_next_hop_queues_then_fails(h: Harness) -> None:
+    h.learn()
+    sent = h.send(1, Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.77") / UDP(sport=1, dport=2))
+    assert len(sent) == 1 and sent[0][1][ARP].pdst == "192.0.2.77"  # only the ARP request
+    h.out.clear()
+    for _ in range(4):
+        h.now += 2 * NS
+        h.sp.tick()
+    arps = [f for p, f in h.out if ARP in f]
+    unreach = [f for p, f in h.out if ICMP in f]
+    assert len(arps) == 2 and len(unreach) == 1 and unreach[0][ICMP].code == 1  # host unreachable
+    assert unreach[0][IP].dst == "10.0.1.10" and unreach[0][IPerror].src == "10.0.1.10"  # NAT undone in the quote
+    # and a late answer releases queued packets
+    h.send(1, Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.78") / UDP(sport=1, dport=2))
+    released = h.send(4, Ether(src="02:00:00:00:00:78", dst=R4) / ARP(op=2, hwsrc="02:00:00:00:00:78",
+                                                                     psrc="192.0.2.78", pdst="192.0.2.1"))
+    assert len(released) == 1 and released[0][1].dst == "02:00:00:00:00:78" and UDP in released[0][1]
+
+
+def test_ipv6_forwarded_without_nat_and_neighbour_discovery(h: Harness) -> None:
+    h.send(1, Ether(src=A, dst="33:33:ff:00:00:01") / IPv6(src="2001:db8:1::10", dst="ff02::1:ff00:1", hlim=255)
+           / ICMPv6ND_NS(tgt="2001:db8:1::1") / ICMPv6NDOptSrcLLAddr(lladdr=A))
+    [(port, ns)] = h.send(1, Ether(src=A, dst=R1) / IPv6(src="2001:db8:1::10", dst="2001:db8:2::20")
+                          / TCP(sport=1234, dport=22, flags="S"))
+    assert port == 4 and ns[IPv6].dst == "ff02::1:ff00:20" and ns[ICMPv6ND_NS].tgt == "2001:db8:2::20"
+    assert ns.dst == "33:33:ff:00:00:20"
+    [(port, fwd)] = h.send(4, Ether(src=B, dst=R4) / IPv6(src="2001:db8:2::20", dst="2001:db8:2::1", hlim=255)
+                           / ICMPv6ND_NA(tgt="2001:db8:2::20", S=1) / ICMPv6NDOptDstLLAddr(lladdr=B))
+    assert port == 4 and fwd.dst == B and fwd[IPv6].src == "2001:db8:1::10" and fwd[IPv6].hlim == 63
+    assert valid_checksums(fwd)
+
+
+def test_bad_frames_are_counted_not_raised(h: Harness) -> None:
+    h.send(1, Ether(src=A, dst=R1, type=0x0800) / b"\x45\x00")
+    h.send(1, b"\x00" * 5)  # type: ignore[arg-type]
+    h.send(9, Ether(src=A, dst=R1) / IP(dst="10.0.1.1") / ICMP())
+    assert h.sp.stats["drop_malformed"] == 2 and h.sp.stats["drop_unknown_port"] == 1
+    assert h.send(1, Ether(src=A, dst="02:99:99:99:99:99") / IP(dst="10.0.1.1") / ICMP()) == []
+    assert ICMPv6DestUnreach is not None
