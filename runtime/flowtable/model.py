@@ -1,0 +1,91 @@
+"""Small value types shared by the flowtable modules: directions, flow tuples, flags, the clock."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..conntrack import Dir
+
+__all__ = ["IPPROTO_TCP", "IPPROTO_UDP", "NS", "PROTO_NAMES", "Clock", "Dir", "FlowFlag", "FlowTuple", "monotonic_clock"]
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+PROTO_NAMES = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp"}
+
+NS = 1_000_000_000
+
+#: Monotonic nanoseconds; injected everywhere so tests control time without sleeping.
+Clock = Callable[[], int]
+
+
+def monotonic_clock() -> int:
+    return time.monotonic_ns()
+
+
+@dataclass(frozen=True, slots=True)
+class FlowTuple:
+    """``struct flow_offload_tuple``'s key part: what a packet of one direction looks like on arrival.
+
+    Addresses are raw network-order bytes (4 for IPv4, 16 for IPv6) so the fast path can build a lookup key
+    by slicing the frame; the same six fields are the P4 flow table's exact-match key.
+    """
+
+    in_port: int
+    src: bytes
+    dst: bytes
+    proto: int
+    sport: int
+    dport: int
+
+    @property
+    def family(self) -> int:
+        return 4 if len(self.src) == 4 else 6
+
+    @property
+    def src_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.ip_address(self.src)
+
+    @property
+    def dst_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.ip_address(self.dst)
+
+    @classmethod
+    def make(cls, in_port: int, src: str, dst: str, proto: int | str, sport: int, dport: int) -> FlowTuple:
+        """Convenience constructor from text addresses (``"10.0.0.1"``) and a protocol name or number."""
+        p = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}[proto] if isinstance(proto, str) else proto
+        return cls(in_port, ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed, p, sport, dport)
+
+    def __str__(self) -> str:
+        proto = PROTO_NAMES.get(self.proto, str(self.proto))
+        return (f"{proto} port={self.in_port} src={self.src_ip} dst={self.dst_ip} "
+                f"sport={self.sport} dport={self.dport}")
+
+
+class FlowFlag(enum.IntFlag):
+    """``NF_FLOW_*`` bits (include/net/netfilter/nf_flow_table.h), plus two of our own.
+
+    SNAT/DNAT: the connection is NATed. CLOSING: FIN/RST seen, hardware entries go, software path keeps it
+    until the close timeout. TEARDOWN: being removed; lookups miss it. HW: meant for hardware (the flowtable
+    has offload on). HW_DYING: a hardware delete was queued. HW_DEAD: the hardware delete completed.
+    HW_PENDING: one offload work item is queued or running (at most one per flow). HW_REFRESH: a hardware
+    add failed or must be redone; the next refresh from the software path re-queues it (the 5.x kernel's
+    flag of this name). HW_OFFLOADED: the switch acknowledged both directions (the ct's IPS_HW_OFFLOAD bit;
+    ``[HW_OFFLOAD]``). HW_UNSUPPORTED: the flow's actions cannot be expressed by the P4 program, so it stays
+    in software for good.
+    """
+
+    SNAT = 1 << 0
+    DNAT = 1 << 1
+    CLOSING = 1 << 2
+    TEARDOWN = 1 << 3
+    HW = 1 << 4
+    HW_DYING = 1 << 5
+    HW_DEAD = 1 << 6
+    HW_PENDING = 1 << 7
+    HW_REFRESH = 1 << 8
+    HW_OFFLOADED = 1 << 9
+    HW_UNSUPPORTED = 1 << 10

@@ -1,0 +1,233 @@
+"""A flow direction as a P4 table entry, by P4Info names; and back, for reconciliation.
+
+The kernel turns each direction into a ``flow_rule`` (``nf_flow_rule_match`` for the key,
+``nf_flow_rule_route_ipv4`` for the ``flow_action`` list) and hands it to the driver. Here the "driver" is
+the generated P4 program: table ``flow_v4``/``flow_v6`` keyed on ``in_port, src_addr, dst_addr, proto,
+src_port, dst_port``, action ``offload(port, smac, dmac)`` or ``offload_nat(port, smac, dmac, saddr, daddr,
+sport, dport)``. The pipeline always rewrites both MACs and decrements the TTL; VLAN tags are popped and
+pushed per port by the pipeline itself. An action list the program cannot express raises
+:class:`Unsupported`, and the flow stays on the software path (as a kernel driver returning -EOPNOTSUPP).
+
+:class:`FlowUpdate` is neutral: names, not ids, and plain integers; the adapter to the P4Runtime client
+encodes them with the P4Info (canonical bytes, ids).
+"""
+
+from __future__ import annotations
+
+import builtins
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..actions import Rewrite
+from .model import FlowTuple
+
+TABLE_V4 = "flow_v4"
+TABLE_V6 = "flow_v6"
+ACTION_OFFLOAD = "offload"
+ACTION_OFFLOAD_NAT = "offload_nat"
+KEY_FIELDS = ("in_port", "src_addr", "dst_addr", "proto", "src_port", "dst_port")
+
+
+class Op(enum.Enum):
+    INSERT = "INSERT"
+    MODIFY = "MODIFY"
+    DELETE = "DELETE"
+
+
+class Code(enum.IntEnum):
+    """Per-update status codes (google.rpc / gRPC numbering)."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    code: Code
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.code is Code.OK
+
+
+OK = UpdateResult(Code.OK)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowUpdate:
+    """One P4Runtime update of a flow-table entry, by P4Info names. ``action``/``params`` are empty for a
+    DELETE; ``idle_timeout_ns`` is 0 where the table has no idle timeout."""
+
+    op: Op
+    table: str
+    match: dict[str, int | bytes]
+    action: str = ""
+    params: dict[str, int] = field(default_factory=dict)
+    idle_timeout_ns: int = 0
+
+    def key(self) -> tuple[str, tuple[tuple[str, int | bytes], ...]]:
+        """Hashable identity of the entry (table and match)."""
+        return self.table, tuple(sorted(self.match.items()))
+
+    def with_op(self, op: Op) -> FlowUpdate:
+        if op is Op.DELETE:
+            return FlowUpdate(op, self.table, self.match)
+        return FlowUpdate(op, self.table, self.match, self.action, self.params, self.idle_timeout_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchEntry:
+    """A flow-table entry as read from the switch (names, integers)."""
+
+    table: str
+    match: dict[str, int | bytes]
+    action: str
+    params: dict[str, int]
+    idle_timeout_ns: int = 0
+
+    def key(self) -> tuple[str, tuple[tuple[str, int | bytes], ...]]:
+        return self.table, tuple(sorted(self.match.items()))
+
+
+class Unsupported(ValueError):
+    """The action list cannot be expressed by the P4 program; the flow stays in software."""
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineCaps:
+    """What the generated program offers, read from its P4Info (:func:`caps_from_p4info`).
+
+    ``tables`` maps the address family (4, 6) to its flow table; ``nat_tables`` are those with
+    ``offload_nat``; ``idle_timeout`` those with ``support_timeout``; ``port_vlans`` maps VLAN ports to their
+    VLAN id (from the profile: the pipeline pops the tag on ingress and pushes it on egress there).
+    """
+
+    tables: Mapping[int, str] = field(default_factory=lambda: {4: TABLE_V4, 6: TABLE_V6})
+    nat_tables: frozenset[str] = frozenset({TABLE_V4})
+    idle_timeout: frozenset[str] = frozenset({TABLE_V4, TABLE_V6})
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    port_vlans: Mapping[int, int] = field(default_factory=dict)
+
+
+def caps_from_p4info(p4info: Any, port_vlans: Mapping[int, int] | None = None) -> PipelineCaps:
+    """Read the flow tables' capabilities from a ``p4.config.v1.P4Info`` message."""
+    actions = {a.preamble.id: a.preamble.name.rsplit(".", 1)[-1] for a in p4info.actions}
+    tables: dict[int, str] = {}
+    nat: set[str] = set()
+    idle: set[str] = set()
+    sizes: dict[str, int] = {}
+    for t in p4info.tables:
+        name = t.preamble.name.rsplit(".", 1)[-1]
+        if name not in (TABLE_V4, TABLE_V6):
+            continue
+        tables[4 if name == TABLE_V4 else 6] = name
+        if any(actions.get(ref.id) == ACTION_OFFLOAD_NAT for ref in t.action_refs):
+            nat.add(name)
+        if t.idle_timeout_behavior != 0:  # NO_TIMEOUT == 0
+            idle.add(name)
+        sizes[name] = t.size
+    return PipelineCaps(tables=tables, nat_tables=frozenset(nat), idle_timeout=frozenset(idle), sizes=sizes,
+                        port_vlans=dict(port_vlans or {}))
+
+
+def _addr(b: bytes) -> int:
+    return int.from_bytes(b, "big")
+
+
+def _mac_int(b: bytes) -> int:
+    return int.from_bytes(b, "big")
+
+
+def match_of(t: FlowTuple, caps: PipelineCaps) -> tuple[str, dict[str, int | bytes]]:
+    table = caps.tables.get(t.family)
+    if table is None:
+        raise Unsupported(f"the program has no IPv{t.family} flow table")
+    return table, {"in_port": t.in_port, "src_addr": _addr(t.src), "dst_addr": _addr(t.dst), "proto": t.proto,
+                   "src_port": t.sport, "dst_port": t.dport}
+
+
+def entry_for(t: FlowTuple, rw: Rewrite, caps: PipelineCaps, timeout_ns: int = 0, op: Op = Op.INSERT) -> FlowUpdate:
+    """The table entry for one direction: ``t`` is how its packets arrive, ``rw`` its flattened action list.
+
+    Raises :class:`Unsupported` when the pipeline cannot do what the list says (no MACs, no TTL decrement,
+    NAT on a table without ``offload_nat``, a VLAN tag other than the port's).
+    """
+    table, match = match_of(t, caps)
+    if rw.smac is None or rw.dmac is None:
+        raise Unsupported("the pipeline always rewrites both MACs; the action list leaves one unset")
+    if not rw.dec_ttl:
+        raise Unsupported("the pipeline always decrements the TTL; the action list does not")
+    in_vlan = caps.port_vlans.get(t.in_port)
+    if rw.vlan_pop != (in_vlan is not None):
+        raise Unsupported(f"VLAN pop on ingress port {t.in_port} is per port in the pipeline "
+                          f"({'tagged' if in_vlan is not None else 'untagged'}); the action list disagrees")
+    out_vlan = caps.port_vlans.get(rw.out_port)
+    if rw.vlan_push != out_vlan:
+        raise Unsupported(f"VLAN push on egress port {rw.out_port} is per port in the pipeline "
+                          f"(vid {out_vlan}); the action list says {rw.vlan_push}")
+    params = {"port": rw.out_port, "smac": _mac_int(rw.smac), "dmac": _mac_int(rw.dmac)}
+    action = ACTION_OFFLOAD
+    if rw.nat:
+        if table not in caps.nat_tables:
+            raise Unsupported(f"NAT is not available in {table} (no offload_nat action)")
+        action = ACTION_OFFLOAD_NAT
+        params.update(
+            saddr=_addr(rw.saddr if rw.saddr is not None else t.src),
+            daddr=_addr(rw.daddr if rw.daddr is not None else t.dst),
+            sport=rw.sport if rw.sport is not None else t.sport,
+            dport=rw.dport if rw.dport is not None else t.dport)
+    idle = timeout_ns if table in caps.idle_timeout else 0
+    return FlowUpdate(op, table, match, action, params, idle)
+
+
+def delete_for(t: FlowTuple, caps: PipelineCaps) -> FlowUpdate:
+    table, match = match_of(t, caps)
+    return FlowUpdate(Op.DELETE, table, match)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedEntry:
+    """A switch entry read back as a flow direction: arriving tuple, egress, MACs, and what it leaves as."""
+
+    tuple: FlowTuple
+    out_port: int
+    smac: bytes
+    dmac: bytes
+    leaves_as: builtins.tuple[bytes, bytes, int, int]  # (src, dst, sport, dport) after NAT
+
+
+def decode_entry(entry: SwitchEntry, caps: PipelineCaps) -> DecodedEntry | None:
+    """The inverse of :func:`entry_for`; ``None`` for an entry of another table or a shape we never write."""
+    fam = next((f for f, name in caps.tables.items() if name == entry.table), None)
+    if fam is None or entry.action not in (ACTION_OFFLOAD, ACTION_OFFLOAD_NAT):
+        return None
+    width = 4 if fam == 4 else 16
+    try:
+        m = {k: int.from_bytes(v, "big") if isinstance(v, bytes) else int(v) for k, v in entry.match.items()}
+        t = FlowTuple(m["in_port"], m["src_addr"].to_bytes(width, "big"), m["dst_addr"].to_bytes(width, "big"),
+                      m["proto"], m["src_port"], m["dst_port"])
+        p = entry.params
+        smac, dmac = p["smac"].to_bytes(6, "big"), p["dmac"].to_bytes(6, "big")
+        if entry.action == ACTION_OFFLOAD_NAT:
+            leaves = (p["saddr"].to_bytes(width, "big"), p["daddr"].to_bytes(width, "big"), p["sport"], p["dport"])
+        else:
+            leaves = (t.src, t.dst, t.sport, t.dport)
+        return DecodedEntry(t, p["port"], smac, dmac, leaves)
+    except (KeyError, OverflowError, ValueError, TypeError):
+        return None

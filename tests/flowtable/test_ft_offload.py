@@ -1,0 +1,274 @@
+"""Hardware offload work: pairs all-or-nothing, full tables, one pending op, stats refresh, idle notices."""
+
+from __future__ import annotations
+
+import pytest
+from ftutil import FakeClock, FakeConn, FakeSwitch, make_table, nat_tuples, offer
+
+from runtime.flowtable.core import Flow, FlowTable, IdleVerdict
+from runtime.flowtable.model import NS, Dir, FlowFlag
+from runtime.flowtable.offload import OffloadEngine
+from runtime.flowtable.p4map import Code, FlowUpdate, Op, UpdateResult
+
+F = FlowFlag
+
+
+def test_pair_installed_in_one_batch_then_hw_offload() -> None:
+    clock = FakeClock()
+    ft, eng, sw = make_table(clock)
+    _, f1 = offer(ft, sport=1000)
+    _, f2 = offer(ft, sport=1001)
+    assert f1 is not None and f2 is not None
+    assert f1.flags & F.HW and f1.flags & F.HW_PENDING and not f1.hw_offloaded
+    assert eng.depths().wq_add == 2
+    assert eng.run_once() == 2
+    assert len(sw.batches) == 1 and len(sw.batches[0]) == 4, "both flows, both directions, one Write"
+    assert f1.hw_offloaded and f2.hw_offloaded and f1.state == "hw_offloaded"
+    assert not f1.flags & F.HW_PENDING and f1.hw_installed == 0b11
+    assert len(sw.entries) == 4 and ft.counters.hw_add_ok == 2
+    e = sw.batches[0][0]
+    assert e.table == "flow_v4" and e.action == "offload_nat" and e.idle_timeout_ns == 30 * NS
+    assert e.match == {"in_port": 1, "src_addr": 0x0A000001, "dst_addr": 0x08080808, "proto": 6, "src_port": 1000,
+                       "dst_port": 80}
+    assert e.params["saddr"] == 0xC0000201 and e.params["sport"] == 21000 and e.params["port"] == 4
+
+
+@pytest.mark.parametrize("code", [Code.RESOURCE_EXHAUSTED, Code.UNKNOWN])
+def test_second_direction_refused_rolls_back_the_first(code: Code) -> None:
+    clock = FakeClock()
+    ft, eng, sw = make_table(clock)
+    _, flow = offer(ft)
+    assert flow is not None
+    reply_port = flow.dirs[1].tuple.in_port
+    sw.reject = lambda u: UpdateResult(code, "no room") if u.op is Op.INSERT and u.match["in_port"] == reply_port else None
+    eng.run_once()
+    assert sw.entries == {}, "the original direction was deleted again"
+    assert [u.op for u in sw.batches[1]] == [Op.DELETE]
+    assert not flow.hw_offloaded and flow.flags & F.HW_REFRESH and flow.hw_installed == 0
+    assert flow.state == "offloaded", "still on the software path"
+    assert ft.counters.hw_rollbacks == 1 and ft.counters.hw_add_table_full == 1
+    assert "reply" in flow.last_error
+    # retried after the delay when software-path traffic refreshes it
+    sw.reject = None
+    ft.refresh(flow)
+    assert eng.depths().wq_add == 0, "not before the retry delay"
+    clock.advance(1.5)
+    ft.refresh(flow)
+    assert eng.depths().wq_add == 1 and ft.counters.hw_add_retries == 1
+    eng.run_once()
+    assert flow.hw_offloaded and len(sw.entries) == 2
+
+
+@pytest.mark.parametrize("full_code", [Code.RESOURCE_EXHAUSTED, Code.UNKNOWN])
+def test_full_table_leaves_flow_in_software_counted_and_retried(full_code: Code) -> None:
+    clock = FakeClock()
+    ft, eng, sw = make_table(clock, capacity=3, full_code=full_code)
+    _, f1 = offer(ft, sport=1000)
+    _, f2 = offer(ft, sport=1001)
+    assert f1 is not None and f2 is not None
+    eng.run_once()
+    assert f1.hw_offloaded and not f2.hw_offloaded
+    assert len(sw.entries) == 2, "f2's first direction took the last slot and was rolled back"
+    assert ft.counters.hw_add_table_full == 1 and ft.counters.hw_rollbacks == 1
+    assert ft.get(f2.id) is f2 and ft.lookup(f2.dirs[0].tuple) is not None, "never lost"
+    # retries back off while the table stays full
+    for delay in (1.1, 2.1):
+        clock.advance(delay)
+        ft.refresh(f2)
+        eng.run_once()
+        assert not f2.hw_offloaded
+    assert ft.counters.hw_add_table_full == 3
+    # f1 goes away; the next retry of f2 fits
+    ft.teardown(f1)
+    clock.advance(1)
+    ft.gc()
+    eng.run_once()
+    clock.advance(1)
+    ft.gc()
+    assert ft.get(f1.id) is None and len(sw.entries) == 0
+    clock.advance(5)
+    ft.refresh(f2)
+    eng.run_once()
+    assert f2.hw_offloaded and len(sw.entries) == 2
+
+
+def test_one_pending_operation_per_flow() -> None:
+    clock = FakeClock()
+    ft, eng, sw = make_table(clock)
+    _, flow = offer(ft)
+    assert flow is not None
+    assert not eng.queue_add(flow) and not eng.queue_del(flow) and not eng.queue_stats(flow)
+    ft.mark_closing(flow)  # FIN while the add is still queued: no delete can be queued yet
+    assert eng.depths().wq_del == 0 and not flow.flags & F.HW_DYING
+    eng.run_once()
+    assert sw.entries == {} and [len(b) for b in sw.batches] == [], "closed before the add ran: nothing written"
+    assert not flow.flags & F.HW_PENDING and flow.state == "closing"
+
+
+def test_closing_after_install_removes_hw_keeps_software_until_close_timeout() -> None:
+    clock = FakeClock()
+    ft, eng, sw = make_table(clock)
+    _, flow = offer(ft)
+    assert flow is not None
+    eng.run_once()
+    assert flow.hw_offloaded
+    ft.mark_closing(flow, close_timeout_ns=10 * NS)
+    assert flow.flags & F.HW_DYING and eng.depths().wq_del == 1
+    eng.run_once()
+    assert sw.entries == {} and flow.flags & F.HW_DEAD and not flow.hw_offloaded
+    assert ft.lookup(flow.dirs[1].tuple) is not None, "software path still has it"
+    clock.advance(3)
+    ft.refresh(flow)
+    assert eng.depths().wq_add == 0, "a closing flow is never re-added"
+    clock.advance(8)
+    ft.gc()
+    assert ft.get(flow.id) is None
+
+
+def test_add_pending_during_teardown_waits_then_deletes() -> None:
+    clock = FakeClock()
+    ft, eng, sw = make_table(clock)
+    _, flow = offer(ft)
+    assert flow is not None
+    flow.flags &= ~F.CLOSING
+    # the add is queued; the flow expires before the worker runs
+    clock.advance(31)
+    ft.gc()
+    assert ft.get(flow.id) is flow and flow.flags & F.TEARDOWN, "kept until the add is resolved"
+    eng.run_once()  # closed while queued: cancelled, nothing written
+    clock.advance(1)
+    ft.gc()
+    assert ft.get(flow.id) is None and sw.entries == {}
+
+
+def test_whole_write_failure_means_unknown_outcome_and_delete_on_teardown() -> None:
+    clock = FakeClock()
+    ft, eng, sw = make_table(clock)
+    _, flow = offer(ft)
+    assert flow is not None
+    sw.fail_next = ConnectionError("stream closed")
+    eng.run_once()
+    assert not flow.hw_offloaded and flow.hw_installed == 0b11 and ft.counters.hw_write_failures == 1
+    ft.teardown(flow)
+    clock.advance(1)
+    ft.gc()
+    eng.run_once()
+    assert [u.op for u in sw.batches[-1]] == [Op.DELETE, Op.DELETE], "NOT_FOUND answers count as deleted"
+    clock.advance(1)
+    ft.gc()
+    assert ft.get(flow.id) is None
+
+
+def test_already_exists_is_answered_with_modify() -> None:
+    clock = FakeClock()
+    ft, eng, sw = make_table(clock)
+    o, _ = nat_tuples()
+    stale = FlowUpdate(Op.INSERT, "flow_v4", {"in_port": 1, "src_addr": int.from_bytes(o.src, "big"),
+                                               "dst_addr": int.from_bytes(o.dst, "big"), "proto": 6,
+                                               "src_port": o.sport, "dst_port": o.dport},
+                       "offload", {"port": 3, "smac": 1, "dmac": 2})
+    sw.write([stale])
+    _, flow = offer(ft)
+    assert flow is not None
+    eng.run_once()
+    assert flow.hw_offloaded
+    assert [u.op for u in sw.batches[-1]] == [Op.MODIFY]
+    assert sw.entries[stale.key()].entry.action == "offload_nat"
+
+
+def _hw_flow(clock: FakeClock) -> tuple[FlowTable, OffloadEngine, FakeSwitch, Flow, FakeConn]:
+    ft, eng, sw = make_table(clock)
+    conn = FakeConn()
+    _, flow = offer(ft, conn=conn)
+    assert flow is not None
+    eng.run_once()
+    assert flow.hw_offloaded
+    return ft, eng, sw, flow, conn
+
+
+def test_stats_read_only_below_90_percent_and_extends_on_traffic() -> None:
+    clock = FakeClock()
+    ft, eng, sw, flow, conn = _hw_flow(clock)
+    assert isinstance(flow, Flow)
+    start = clock.now
+    for _ in range(3):  # t = 1, 2, 3 s: 27 s or more left of 30 -> no read
+        clock.advance(1)
+        ft.gc()
+    assert eng.depths().wq_stats == 0
+    clock.advance(1)  # t = 4 s: 26 s left < 27 s
+    ft.gc()
+    assert eng.depths().wq_stats == 1
+    eng.run_once()
+    assert sw.reads == [2]
+    assert flow.timeout == start + 30 * NS, "no traffic: no extension"
+    sw.hit(flow.dirs[1].tuple, packets=10, nbytes=1000)
+    hit_at = clock.now
+    clock.advance(1)
+    ft.gc()
+    eng.run_once()
+    assert flow.timeout == hit_at + 30 * NS, "traffic seen: timeout moves to last use + 30 s"
+    assert conn.acct == [(Dir.REPLY, 10, 1000)], "hardware packets reach conntrack's accounting"
+    # next read not before 90 % is used up again
+    clock.advance(2.5)
+    ft.gc()
+    assert eng.depths().wq_stats == 0
+    # idle from here: read every second in the last 90 %, then expire and delete
+    for _ in range(40):
+        clock.advance(1)
+        ft.gc()
+        eng.run_once()
+    assert ft.get(flow.id) is None and sw.entries == {}
+    assert ft.counters.expired == 1
+
+
+def test_stats_read_finding_entry_gone_clears_hw_offload_and_reinstalls() -> None:
+    clock = FakeClock()
+    ft, eng, sw, flow, _ = _hw_flow(clock)
+    assert isinstance(flow, Flow)
+    sw.entries.clear()  # switch restarted behind our back
+    clock.advance(4)
+    ft.gc()
+    eng.run_once()  # the read finds nothing: re-add queued
+    assert not flow.hw_offloaded and ft.counters.hw_entries_lost == 1
+    eng.run_once()
+    assert flow.hw_offloaded and len(sw.entries) == 2
+
+
+def test_idle_notification_with_recent_traffic_is_not_trusted() -> None:
+    clock = FakeClock()
+    ft, eng, sw, flow, _ = _hw_flow(clock)
+    assert isinstance(flow, Flow)
+    clock.advance(20)
+    ft.refresh(flow)  # e.g. the reply direction kept the flow alive
+    clock.advance(15)  # past the original deadline, not past the refreshed one
+    assert ft.idle_notification(flow.dirs[0].tuple) is IdleVerdict.IGNORED
+    assert ft.get(flow.id) is flow and flow.hw_offloaded
+    assert eng.depths().wq_stats == 1, "verifies with a stats read instead"
+    eng.run_once()
+    clock.advance(20)
+    assert ft.idle_notification(flow.dirs[0].tuple) is IdleVerdict.EXPIRED
+    assert flow.flags & F.TEARDOWN and flow.flags & F.HW_DYING
+    eng.run_once()
+    clock.advance(1)
+    ft.gc()
+    assert ft.get(flow.id) is None and sw.entries == {}
+    o, _ = nat_tuples(sport=1)
+    assert ft.idle_notification(o) is IdleVerdict.UNKNOWN_ENTRY
+
+
+def test_unsupported_actions_stay_software() -> None:
+    clock = FakeClock()
+    ft, eng, sw = make_table(clock)
+    from ftutil import directions
+
+    from runtime.flowtable.model import FlowTuple
+    o = FlowTuple.make(1, "2001:db8::1", "2001:db8:1::1", "tcp", 40000, 80)
+    r = FlowTuple.make(4, "2001:db8:1::1", "2001:db8::99", "tcp", 80, 40000)  # IPv6 NAT: no offload_nat in flow_v6
+    od, rd = directions(o, r)
+    _, flow = ft.offer(FakeConn(), od, rd, seen_reply=True, tcp_established=True)
+    assert flow is not None
+    eng.run_once()
+    assert sw.batches == [] and flow.flags & F.HW_UNSUPPORTED and ft.counters.hw_unsupported == 1
+    clock.advance(5)
+    ft.refresh(flow)
+    assert eng.depths().wq_add == 0, "never retried"
