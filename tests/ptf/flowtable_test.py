@@ -1,0 +1,216 @@
+"""PTF packet tests of the generated flowtable program, run by the real `ptf` runner.
+
+    offloadgen ptf [--switch softswitch|bmv2] [--profile default|minimal|vlan]
+
+Each test installs flow entries over P4Runtime, sends packets with ptf's testutils and checks what comes out
+of which port, or what reaches the controller as a packet-in with which reason. Entries are removed after
+every test, so the tests do not depend on each other.
+"""
+
+from __future__ import annotations
+
+import ptf.testutils as tu
+from base_test import FlowtableTest, needs, requires_nat, with_vlan
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.packet import Raw
+
+HOST_MAC = "02:aa:00:00:00:01"
+PEER_MAC = "02:bb:00:00:00:02"
+
+
+class ForwardV4(FlowtableTest):
+    """A hit is forwarded out of the entry's port with the entry's MACs and TTL - 1; nothing else comes out."""
+
+    def runTest(self) -> None:
+        lan, wan = self.lan_port, self.wan_port
+        self.add_flow4(lan, "10.0.1.10", "198.51.100.7", 6, 40000, 443, out=wan, smac=self.mac(wan), dmac=PEER_MAC)
+        pkt = tu.simple_tcp_packet(eth_src=HOST_MAC, eth_dst=self.mac(lan), ip_src="10.0.1.10",
+                                   ip_dst="198.51.100.7", tcp_sport=40000, tcp_dport=443, ip_ttl=64)
+        exp = tu.simple_tcp_packet(eth_src=self.mac(wan), eth_dst=PEER_MAC, ip_src="10.0.1.10",
+                                   ip_dst="198.51.100.7", tcp_sport=40000, tcp_dport=443, ip_ttl=63)
+        tu.send_packet(self, lan, pkt)
+        tu.verify_packet(self, exp, wan)
+        tu.verify_no_other_packets(self)
+        self.assert_no_packet_in()
+
+
+class ForwardV6(FlowtableTest):
+    """IPv6: forwarded with MAC rewrite and hop limit - 1; the transport checksum stays valid (no NAT)."""
+
+    @needs("ipv6")
+    def runTest(self) -> None:
+        lan, wan = self.lan_port, self.wan_port
+        self.add_flow6(lan, "2001:db8:1::10", "2001:db8:ff::7", 17, 5353, 53, out=wan, smac=self.mac(wan),
+                       dmac=PEER_MAC)
+        pkt = tu.simple_udpv6_packet(eth_src=HOST_MAC, eth_dst=self.mac(lan), ipv6_src="2001:db8:1::10",
+                                     ipv6_dst="2001:db8:ff::7", udp_sport=5353, udp_dport=53, ipv6_hlim=64)
+        exp = tu.simple_udpv6_packet(eth_src=self.mac(wan), eth_dst=PEER_MAC, ipv6_src="2001:db8:1::10",
+                                     ipv6_dst="2001:db8:ff::7", udp_sport=5353, udp_dport=53, ipv6_hlim=63)
+        tu.send_packet(self, lan, pkt)
+        tu.verify_packet(self, exp, wan)
+        tu.verify_no_other_packets(self)
+
+
+class NatBothDirections(FlowtableTest):
+    """Masquerade as the flowtable installs it: the original direction leaves with the router's address and
+    port, the reply comes back to the host's; TCP and UDP checksums are recomputed (the expected packets are
+    built by scapy with correct checksums, so a wrong one fails the comparison)."""
+
+    @requires_nat
+    def runTest(self) -> None:
+        lan, wan = self.lan_port, self.wan_port
+        host, peer, router = "10.0.1.10", "198.51.100.7", "192.0.2.1"
+        for l4, proto, sport, dport, nport in ((TCP, 6, 40000, 80, 61000), (UDP, 17, 5000, 53, 61001)):
+            self.add_flow4(lan, host, peer, proto, sport, dport, out=wan, smac=self.mac(wan), dmac=PEER_MAC,
+                           nat=(router, peer, nport, dport))
+            self.add_flow4(wan, peer, router, proto, dport, nport, out=lan, smac=self.mac(lan), dmac=HOST_MAC,
+                           nat=(peer, host, dport, sport))
+            payload = Raw(b"offloadgen" * 20)
+            out = Ether(src=HOST_MAC, dst=self.mac(lan)) / IP(src=host, dst=peer, ttl=64) / \
+                l4(sport=sport, dport=dport) / payload
+            exp = Ether(src=self.mac(wan), dst=PEER_MAC) / IP(src=router, dst=peer, ttl=63) / \
+                l4(sport=nport, dport=dport) / payload
+            tu.send_packet(self, lan, out)
+            tu.verify_packet(self, exp, wan)
+            back = Ether(src=PEER_MAC, dst=self.mac(wan)) / IP(src=peer, dst=router, ttl=60) / \
+                l4(sport=dport, dport=nport) / payload
+            exp_back = Ether(src=self.mac(lan), dst=HOST_MAC) / IP(src=peer, dst=host, ttl=59) / \
+                l4(sport=dport, dport=sport) / payload
+            tu.send_packet(self, wan, back)
+            tu.verify_packet(self, exp_back, lan)
+        tu.verify_no_other_packets(self)
+
+
+class UdpZeroChecksumStaysZero(FlowtableTest):
+    """RFC 768: a UDP checksum of zero means none; NAT must not invent one."""
+
+    @requires_nat
+    def runTest(self) -> None:
+        lan, wan = self.lan_port, self.wan_port
+        self.add_flow4(lan, "10.0.1.10", "198.51.100.7", 17, 5000, 53, out=wan, smac=self.mac(wan), dmac=PEER_MAC,
+                       nat=("192.0.2.1", "198.51.100.7", 61002, 53))
+        pkt = Ether(src=HOST_MAC, dst=self.mac(lan)) / IP(src="10.0.1.10", dst="198.51.100.7", ttl=9) / \
+            UDP(sport=5000, dport=53, chksum=0) / Raw(b"q" * 30)
+        exp = Ether(src=self.mac(wan), dst=PEER_MAC) / IP(src="192.0.2.1", dst="198.51.100.7", ttl=8) / \
+            UDP(sport=61002, dport=53, chksum=0) / Raw(b"q" * 30)
+        tu.send_packet(self, lan, pkt)
+        tu.verify_packet(self, exp, wan)
+
+
+class Exceptions(FlowtableTest):
+    """Every exception reaches the CPU as a packet-in with its reason and the ingress port, unchanged, even
+    when the flow is offloaded; nothing leaves a front-panel port."""
+
+    def runTest(self) -> None:
+        lan, wan = self.lan_port, self.wan_port
+        self.add_flow4(lan, "10.0.1.10", "198.51.100.7", 6, 40000, 80, out=wan, smac=self.mac(wan), dmac=PEER_MAC)
+        base = dict(eth_src=HOST_MAC, eth_dst=self.mac(lan), ip_src="10.0.1.10", ip_dst="198.51.100.7",
+                    tcp_sport=40000, tcp_dport=80)
+        cases: list[tuple[str, object]] = [
+            ("MISS", tu.simple_tcp_packet(**{**base, "tcp_sport": 40001})),
+            ("NON_IP", Ether(src=HOST_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="10.0.1.10", pdst="10.0.1.1")),
+        ]
+        if self.punts("ttl"):
+            cases.append(("TTL", tu.simple_tcp_packet(**base, ip_ttl=1)))
+        if self.punts("tcp_fin_rst"):
+            cases.append(("TCP_FIN_RST", tu.simple_tcp_packet(**base, tcp_flags="FA")))
+            cases.append(("TCP_FIN_RST", tu.simple_tcp_packet(**base, tcp_flags="R")))
+        if self.punts("ip_options"):
+            cases.append(("IP_OPTIONS", Ether(src=HOST_MAC, dst=self.mac(lan)) /
+                          IP(src="10.0.1.10", dst="198.51.100.7", options=[IPOption_NOP()] * 4) /
+                          TCP(sport=40000, dport=80)))
+        if self.punts("fragment"):
+            cases.append(("FRAGMENT", Ether(src=HOST_MAC, dst=self.mac(lan)) /
+                          IP(src="10.0.1.10", dst="198.51.100.7", flags="MF") / TCP(sport=40000, dport=80)))
+            cases.append(("FRAGMENT", Ether(src=HOST_MAC, dst=self.mac(lan)) /
+                          IP(src="10.0.1.10", dst="198.51.100.7", frag=100, proto=6) / Raw(b"x" * 16)))
+        if self.punts("other_proto"):
+            cases.append(("OTHER_PROTO", Ether(src=HOST_MAC, dst=self.mac(lan)) /
+                          IP(src="10.0.1.10", dst="198.51.100.7") / ICMP()))
+        if self.punts("mtu"):
+            big = tu.simple_tcp_packet(**base, pktlen=14 + self.port_mtu(wan) + 1)
+            cases.append(("MTU", big))
+        if self.profile_has("ipv6") and self.punts("ipv6_ext"):
+            cases.append(("IPV6_EXT", Ether(src=HOST_MAC, dst=self.mac(lan)) /
+                          IPv6(src="2001:db8:1::10", dst="2001:db8:ff::7") / IPv6ExtHdrHopByHop() / UDP()))
+        for reason, pkt in cases:
+            with self.subTest(reason=reason):
+                tu.send_packet(self, lan, pkt)
+                got = self.expect_packet_in(lan, reason)
+                self.assertEqual(got, bytes(pkt), f"{reason}: the packet-in must carry the packet unchanged")
+        tu.verify_no_other_packets(self)
+
+
+class PacketOut(FlowtableTest):
+    """A packet-out leaves exactly the port named in its metadata, byte for byte."""
+
+    def runTest(self) -> None:
+        for port in self.ports:
+            pkt = tu.simple_udp_packet(eth_src=self.mac(port), eth_dst=PEER_MAC, ip_ttl=1)
+            self.packet_out(port, bytes(pkt))
+            tu.verify_packet(self, self.tagged(pkt, port), port)
+        tu.verify_no_other_packets(self)
+
+
+class Counters(FlowtableTest):
+    """The direct counter of a flow entry counts its packets and bytes (what keeps offloaded flows alive)."""
+
+    @needs("counters")
+    def runTest(self) -> None:
+        lan, wan = self.lan_port, self.wan_port
+        self.add_flow4(lan, "10.0.1.10", "198.51.100.7", 17, 7000, 7001, out=wan, smac=self.mac(wan), dmac=PEER_MAC)
+        pkt = tu.simple_udp_packet(eth_src=HOST_MAC, eth_dst=self.mac(lan), ip_src="10.0.1.10",
+                                   ip_dst="198.51.100.7", udp_sport=7000, udp_dport=7001, pktlen=200)
+        for _ in range(5):
+            tu.send_packet(self, lan, pkt)
+            tu.verify_packet(self, self.forwarded(pkt, wan), wan)
+        packets, octets = self.read_flow_counter4(lan, "10.0.1.10", "198.51.100.7", 17, 7000, 7001)
+        self.assertEqual(packets, 5)
+        self.assertEqual(octets, 5 * 200)
+
+
+class MissAfterDelete(FlowtableTest):
+    """Once the entry is deleted the flow's packets go back to the slow path as misses."""
+
+    def runTest(self) -> None:
+        lan, wan = self.lan_port, self.wan_port
+        key = (lan, "10.0.1.10", "198.51.100.7", 6, 41000, 22)
+        self.add_flow4(*key, out=wan, smac=self.mac(wan), dmac=PEER_MAC)
+        pkt = tu.simple_tcp_packet(eth_src=HOST_MAC, eth_dst=self.mac(lan), ip_src="10.0.1.10",
+                                   ip_dst="198.51.100.7", tcp_sport=41000, tcp_dport=22)
+        tu.send_packet(self, lan, pkt)
+        tu.verify_packet(self, self.forwarded(pkt, wan), wan)
+        self.delete_flow4(*key)
+        tu.send_packet(self, lan, pkt)
+        self.expect_packet_in(lan, "MISS")
+        tu.verify_no_other_packets(self)
+
+
+class Vlan(FlowtableTest):
+    """A VLAN port: frames leave it tagged with its VLAN id, tagged frames arriving on it are popped before the
+    lookup (and punted untagged), and a frame with another VLAN id is dropped."""
+
+    @with_vlan
+    def runTest(self) -> None:
+        vport = self.vlan_ports[0]
+        other = next(p for p in self.ports if p != vport)
+        vid = self.vlan_of(vport)
+        self.add_flow4(other, "10.0.1.10", "198.51.100.7", 17, 1000, 2000, out=vport, smac=self.mac(vport),
+                       dmac=PEER_MAC)
+        pkt = tu.simple_udp_packet(eth_src=HOST_MAC, eth_dst=self.mac(other), ip_src="10.0.1.10",
+                                   ip_dst="198.51.100.7", udp_sport=1000, udp_dport=2000)
+        exp = tu.simple_udp_packet(eth_src=self.mac(vport), eth_dst=PEER_MAC, ip_src="10.0.1.10",
+                                   ip_dst="198.51.100.7", udp_sport=1000, udp_dport=2000, ip_ttl=63,
+                                   dl_vlan_enable=True, vlan_vid=vid, pktlen=104)
+        tu.send_packet(self, other, pkt)
+        tu.verify_packet(self, exp, vport)
+        tagged = Ether(src=PEER_MAC, dst=self.mac(vport)) / Dot1Q(vlan=vid) / ARP(psrc="192.0.2.20")
+        tu.send_packet(self, vport, tagged)
+        got = self.expect_packet_in(vport, "NON_IP")
+        self.assertEqual(got, bytes(Ether(src=PEER_MAC, dst=self.mac(vport), type=0x0806) / ARP(psrc="192.0.2.20")))
+        tu.send_packet(self, vport, Ether(src=PEER_MAC, dst=self.mac(vport)) / Dot1Q(vlan=vid + 1) / ARP())
+        self.assert_no_packet_in()
+        tu.verify_no_other_packets(self)
+
