@@ -99,6 +99,9 @@ class PortRange:
     def __contains__(self, port: object) -> bool:
         return isinstance(port, int) and self.lo <= port <= self.hi
 
+    def __str__(self) -> str:
+        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+
 
 @dataclass(frozen=True, slots=True)
 class SnatRule:

@@ -38,6 +38,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.config import PortRange
+
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 _PROTOS = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
@@ -56,18 +58,6 @@ class PolicyError(ValueError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
-
-
-@dataclass(frozen=True, slots=True)
-class PortRange:
-    lo: int
-    hi: int
-
-    def __contains__(self, port: object) -> bool:
-        return isinstance(port, int) and self.lo <= port <= self.hi
-
-    def __str__(self) -> str:
-        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
 
 
 @dataclass(frozen=True, slots=True)
