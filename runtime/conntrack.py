@@ -21,8 +21,9 @@ import ipaddress
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .actions import ActionList, format_actions
 
@@ -198,6 +199,7 @@ class Conn:
     stream_ts_ns: int = 0
     picked_up: bool = False  # created from a mid-stream TCP packet (loose)
     offloadable_fired: bool = False
+    offload_refused: str = ""  # why the flowtable turned it down for good (policy, protocol); not re-offered
 
     @property
     def proto(self) -> int:
@@ -257,10 +259,20 @@ class CtRecord:
         def tup(t: CtTuple) -> dict[str, object]:
             return {"src": str(ipaddress.ip_address(t.src)), "dst": str(ipaddress.ip_address(t.dst)),
                     "sport": t.sport, "dport": t.dport}
-        return {"id": self.id, "proto": self.proto, "family": self.family, "state": self.state,
-                "timeout": round(self.timeout_s, 1), "original": tup(self.original), "reply": tup(self.reply),
-                "status": list(self.status), "packets": list(self.packets), "bytes": list(self.bytes),
-                "iif": list(self.iif), "actions": list(self.actions)}
+        return {"id": self.id, "proto": self.proto, "protonum": self.protonum, "family": self.family,
+                "state": self.state, "timeout": round(self.timeout_s, 1), "original": tup(self.original),
+                "reply": tup(self.reply), "status": list(self.status), "packets": list(self.packets),
+                "bytes": list(self.bytes), "iif": list(self.iif), "actions": list(self.actions)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CtRecord:
+        """The inverse of :meth:`to_dict` (``offloadgen flows --all`` reads records from the status socket)."""
+        def tup(t: Mapping[str, Any]) -> CtTuple:
+            return CtTuple.make(t["src"], t["dst"], int(d["protonum"]), int(t["sport"]), int(t["dport"]))
+        p, b, i, a = d["packets"], d["bytes"], d["iif"], d["actions"]
+        return cls(int(d["id"]), str(d["proto"]), int(d["protonum"]), int(d["family"]), str(d["state"]),
+                   float(d["timeout"]), tup(d["original"]), tup(d["reply"]), tuple(d["status"]), (p[0], p[1]),
+                   (b[0], b[1]), (i[0], i[1]), (a[0], a[1]))
 
 
 Listener = Callable[[CtEvent, Conn], None]
@@ -365,9 +377,11 @@ class Conntrack:
         self._emit(CtEvent.DESTROY, conn)
 
     def gc(self) -> list[Conn]:
-        """Destroy every connection whose timeout passed; returns them."""
+        """Destroy every connection whose timeout passed; returns them. A connection in the flowtable
+        (``OFFLOAD``) is not expired here: the flowtable's timeout governs it until it hands it back
+        (``nf_ct_offload_timeout``)."""
         now = self.clock()
-        dead = [c for c in self.conns() if c.timeout_ns <= now]
+        dead = [c for c in self.conns() if c.timeout_ns <= now and not c.status & Status.OFFLOAD]
         for c in dead:
             self.destroy(c)
         return dead
@@ -378,6 +392,57 @@ class Conntrack:
             return
         conn.actions[direction] = actions
         self._check_offloadable(conn)
+
+    # ------------------------------------------------------------------ the flowtable's side
+
+    def set_offload(self, conn: Conn, *, hw: bool | None = None) -> None:
+        """The connection entered the flowtable (``IPS_OFFLOAD``); ``hw`` sets or clears ``IPS_HW_OFFLOAD``."""
+        with self._lock:
+            conn.status |= Status.OFFLOAD
+            if hw is True:
+                conn.status |= Status.HW_OFFLOAD
+            elif hw is False:
+                conn.status &= ~Status.HW_OFFLOAD
+
+    def fixup(self, conn: Conn) -> None:
+        """``flow_offload_fixup_ct``: the flowtable let the connection go; conntrack's own timeout for its
+        current state applies again from now."""
+        with self._lock:
+            conn.status &= ~(Status.OFFLOAD | Status.HW_OFFLOAD)
+            t = self.timeouts
+            if conn.proto == IPPROTO_TCP:
+                seconds = t.tcp[conn.tcp_state]
+            elif conn.proto == IPPROTO_UDP:
+                seconds = t.udp_replied if conn.status & Status.ASSURED else t.udp_unreplied
+            else:
+                seconds = t.generic
+            self._refresh(conn, seconds)
+
+    def acct_add(self, conn: Conn, direction: Dir, packets: int, nbytes: int) -> None:
+        """``nf_ct_acct_add``: packets forwarded by the flowtable (software fast path or switch)."""
+        with self._lock:
+            conn.packets[direction] += packets
+            conn.bytes[direction] += nbytes
+
+    def pick_up(self, original: CtTuple, reply: CtTuple, *, iif: tuple[int, int],
+                actions: tuple[ActionList, ActionList]) -> Conn | None:
+        """Recreate an established connection from what the switch still forwards (reconciliation after a
+        controller restart: conntrack's mid-stream pick-up, ``nf_ct_tcp_loose``). None on a clash."""
+        conn = self.new(original, reply, iif=iif[0])
+        self.set_reply(conn, reply)
+        conn.iif[1] = iif[1]
+        conn.status |= Status.SEEN_REPLY | Status.ASSURED
+        conn.picked_up = True
+        if conn.proto == IPPROTO_TCP:
+            conn.tcp_state = TcpState.ESTABLISHED
+            self._refresh(conn, self.timeouts.tcp[TcpState.ESTABLISHED])
+        else:
+            self._refresh(conn, self.timeouts.udp_replied)
+        conn.actions[0], conn.actions[1] = actions
+        conn.offloadable_fired = True  # the caller puts it in the flowtable itself
+        if not self.confirm(conn):
+            return None
+        return conn
 
     def _check_offloadable(self, conn: Conn) -> None:
         if not conn.offloadable_fired and conn.status & Status.CONFIRMED and conn.offloadable():

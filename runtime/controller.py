@@ -1,10 +1,12 @@
-"""The controller: holds one switch, pushes its pipeline and runs the slow path on every punted packet.
+"""The controller: holds one switch, pushes its pipeline, runs the slow path on every punted packet and
+drives the flowtable (:mod:`runtime.offloader`).
 
 Threads: the client's stream thread only queues events; one worker thread owns the slow path (conntrack,
-NAT, neighbours) and processes packet-ins in arrival order, plus a tick every second (conntrack GC,
-neighbour probes). Other threads read state through :meth:`Controller.snapshot` (conntrack has a lock).
+NAT, neighbours, the flowtable's offers and fast path) and processes packet-ins in arrival order, plus a
+tick every second (conntrack GC, flowtable GC, neighbour probes). The offload engine writes to the switch
+from its own thread. Other threads read state through snapshots (conntrack and the flowtable have locks).
 On reconnection (the switch restarted) the worker re-pushes the pipeline -- skipped when the cookie
-matches -- and calls the ``on_reconnect`` hooks (issue 8 re-installs offloaded flows there).
+matches -- and reconciles the flow tables (re-installing what a restarted switch lost).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .config import RouterConfig
 from .conntrack import Conn, Conntrack, CtEvent, CtRecord, Timeouts
 from .entities import IdleTimeout, PacketIn
 from .errors import P4RuntimeError
+from .offloader import Offloader
 from .pipeline import Pipeline
 from .slowpath import SlowPath
 
@@ -43,7 +46,8 @@ class Controller:
 
     def __init__(self, config: RouterConfig, pipeline: Pipeline, address: str, *, device_id: int = 1,
                  election_id: ElectionId = (0, 1), clock: Callable[[], int] = time.monotonic_ns,
-                 timeouts: Timeouts | None = None, tcp_loose: bool = True, queue_size: int = 65536) -> None:
+                 timeouts: Timeouts | None = None, tcp_loose: bool = True, queue_size: int = 65536,
+                 flush_on_stop: bool = True) -> None:
         self.config = config
         self.pipeline = pipeline
         self.clock = clock
@@ -53,6 +57,8 @@ class Controller:
         self.conntrack = Conntrack(clock, timeouts=timeouts, tcp_loose=tcp_loose)
         self.slowpath = SlowPath(config, clock=clock, emit=self._emit, conntrack=self.conntrack)
         self.conntrack.subscribe(self._log_event)
+        self.offloader = Offloader(config, pipeline, self.conntrack, self.slowpath, self.client, self._emit, clock)
+        self.flush_on_stop = flush_on_stop
         try:
             self.punt_reasons = pipeline.p4info.serializable_enum(PUNT_ENUM)
         except LookupError:
@@ -74,6 +80,7 @@ class Controller:
         pushed = self.client.set_pipeline(self.pipeline)
         log.info("connected to %s; pipeline %s", self.client.address, "pushed" if pushed else "already there")
         self._start_connects = self.client.connect_count
+        self.offloader.start()
         self._stop.clear()
         self._worker = threading.Thread(target=self._run, name="controller", daemon=True)
         self._worker.start()
@@ -86,6 +93,10 @@ class Controller:
         if self._worker is not None:
             self._worker.join(timeout=10)
             self._worker = None
+        try:
+            self.offloader.stop(flush=self.flush_on_stop)
+        except Exception:
+            log.exception("stopping the flowtable failed")
         self.client.close()
         log.info("controller stopped")
 
@@ -132,7 +143,20 @@ class Controller:
         out["packet_in"] = self.client.packets_in
         out["packet_out"] = self.client.packets_out
         out["queue_dropped"] = self.dropped_events
+        out["slowpath_packets"] = self.slowpath.stats["rx"]
+        out["fastpath_packets"] = self.offloader.ft.counters.fastpath_packets
+        out["hw_packets"] = self.offloader.hw_packets
+        out["tx_errors"] = self.tx_errors
         return out
+
+    def status_handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        """What the status endpoint serves (``offloadgen flows``, ``stats``, ``entries``, ``conntrack``)."""
+        return {
+            "flows": lambda req: self.offloader.flows(),
+            "conntrack": lambda req: [r.to_dict() for r in self.snapshot()],
+            "stats": lambda req: {"flowtable": self.offloader.stats(), "controller": self.stats()},
+            "entries": lambda req: self.offloader.entries(),
+        }
 
     # ------------------------------------------------------------------ stream callbacks (stream thread)
 
@@ -180,6 +204,7 @@ class Controller:
                 next_tick = time.monotonic() + 1.0
                 try:
                     self.slowpath.tick()
+                    self.offloader.tick()
                     for hook in self.on_tick:
                         hook()
                 except Exception:
@@ -189,11 +214,14 @@ class Controller:
         if ev.kind == "packet":
             pin: PacketIn = ev.payload
             port = pin.metadata.get("ingress_port", 0)
+            if self.offloader.fast_forward(port, pin.payload):
+                return
             reason = self.punt_reasons.get(pin.metadata.get("reason", -1), "")
             self.slowpath.handle(port, pin.payload, reason)
         elif ev.kind == "call":
             ev.payload()
         elif ev.kind == "idle":
+            self.offloader.on_idle_timeout(ev.payload)
             for hook in self.on_idle_timeout:
                 hook(ev.payload)
         elif ev.kind == "connected":
@@ -211,6 +239,7 @@ class Controller:
             log.error("re-pushing the pipeline after reconnection failed: %s", exc)
             return
         log.info("reconnected to %s", self.client.address)
+        self.offloader.reconcile()
         for hook in self.on_reconnect:
             hook()
 

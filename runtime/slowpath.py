@@ -48,6 +48,9 @@ class SlowPath:
         self.reasm = Reassembler(clock)
         self.stats: Counter[str] = Counter()
         self._ident = 0
+        #: Called for each forwarded packet of a connection, after its action list is recorded: the forward
+        #: chain's ``flow add @ft`` point, where the flowtable is offered the connection.
+        self.on_forward: list[Callable[[Conn, Dir], None]] = []
 
     # ------------------------------------------------------------------ entry points
 
@@ -284,6 +287,8 @@ class SlowPath:
             self.conntrack.set_actions(conn, direction, actions)
             for f in frames:
                 self.emit(route.port, f)
+            for hook in self.on_forward:
+                hook(conn, direction)
         else:
             for f in frames:
                 self.neigh.resolve(route.port, nh, f)

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import builtins
 import enum
+import logging
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,6 +38,7 @@ from .model import IPPROTO_TCP, IPPROTO_UDP, NS, Clock, Dir, FlowFlag, FlowTuple
 from .policy import FlowKey, FlowtableConfig
 
 F = FlowFlag
+log = logging.getLogger(__name__)
 
 
 class ConnRef(Protocol):
@@ -224,6 +226,17 @@ class FlowTable:
         self._tick_ns = gc_interval_ns
         self._wheel: dict[int, dict[Flow, None]] = {}
         self._done_tick = clock() // gc_interval_ns
+        #: Called (under the table lock: keep it short) as flows change state: "offload" (entered the
+        #: flowtable), "hw_offload" (the switch acknowledged both entries), "hw_failed", "closing",
+        #: "teardown", "hw_removed", "removed". The controller logs them and mirrors conntrack's bits.
+        self.listeners: list[Callable[[str, Flow], None]] = []
+
+    def _notify(self, event: str, flow: Flow) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event, flow)
+            except Exception:  # an observer must not break the table
+                log.exception("flowtable listener failed on %s", event)
 
     # ---------------------------------------------------------------------------------------- plumbing
 
@@ -259,12 +272,15 @@ class FlowTable:
     # ----------------------------------------------------------------------------------------- creation
 
     def offer(self, conn: ConnRef, orig: FlowDirection, reply: FlowDirection, *, seen_reply: bool,
-              tcp_established: bool = False, fin_rst_seen: bool = False) -> tuple[OfferResult, Flow | None]:
+              tcp_established: bool = False, fin_rst_seen: bool = False,
+              hw_present: bool = False) -> tuple[OfferResult, Flow | None]:
         """Offer a connection to the flowtable (``nft_flow_offload_eval``); call it from the slow path for
         each packet of a connection conntrack has seen both ways (or at least once it has).
 
         ``orig``/``reply`` carry each direction's arriving tuple, action list (whose NAT must produce the
         other direction's tuple reversed) and route MTU. Returns why a flow was or was not created.
+        ``hw_present``: reconciliation found the entries on the switch already; no hardware add is queued
+        (the caller follows with :meth:`hw_adopted`).
         """
         with self.lock:
             result = self._check_offer(conn, orig, reply, seen_reply, tcp_established, fin_rst_seen)
@@ -273,7 +289,7 @@ class FlowTable:
                     skipped = self.counters.offer_skipped
                     skipped[result.value] = skipped.get(result.value, 0) + 1
                 return result, None
-            return result, self._add(conn, orig, reply)
+            return result, self._add(conn, orig, reply, hw_present)
 
     def _check_offer(self, conn: ConnRef, orig: FlowDirection, reply: FlowDirection, seen_reply: bool,
                      tcp_established: bool, fin_rst_seen: bool) -> OfferResult:
@@ -301,7 +317,7 @@ class FlowTable:
             return OfferResult.POLICY
         return OfferResult.OFFLOADED
 
-    def _add(self, conn: ConnRef, orig: FlowDirection, reply: FlowDirection) -> Flow:
+    def _add(self, conn: ConnRef, orig: FlowDirection, reply: FlowDirection, hw_present: bool = False) -> Flow:
         """``flow_offload_alloc`` + ``flow_offload_add``."""
         now = self.clock()
         o, r = orig.tuple, reply.tuple
@@ -318,9 +334,11 @@ class FlowTable:
         self._tuples[o] = (flow, Dir.ORIGINAL)
         self._tuples[r] = (flow, Dir.REPLY)
         self.counters.created += 1
+        self._notify("offload", flow)
         if self.hw_enabled:
             flow.flags |= F.HW
-            self._hw_add(flow, now)
+            if not hw_present:
+                self._hw_add(flow, now)
         self._reschedule(flow, now)
         return flow
 
@@ -390,6 +408,7 @@ class FlowTable:
             if not flow.flags & F.CLOSING:
                 flow.flags |= F.CLOSING
                 self.counters.closed += 1
+                self._notify("closing", flow)
             flow.timeout = now + (self.config.close_timeout_ns if close_timeout_ns is None else close_timeout_ns)
             if (flow.hw_installed and not flow.flags & (F.HW_DYING | F.HW_PENDING)) and self.hw is not None:
                 self._hw_del(flow)
@@ -408,6 +427,7 @@ class FlowTable:
         flow.flags |= F.TEARDOWN
         self.counters.teardowns += 1
         flow.conn.on_teardown()
+        self._notify("teardown", flow)
 
     def teardown_all(self, port: int | None = None) -> int:
         """``nf_flow_table_cleanup``: tear down every flow, or those using ``port`` in either direction."""
@@ -488,6 +508,7 @@ class FlowTable:
                 del self._tuples[d.tuple]
         if self._flows.pop(flow.id, None) is not None:
             self.counters.removed += 1
+            self._notify("removed", flow)
 
     def _next_visit(self, flow: Flow, now: int) -> int:
         flags = flow.flags
@@ -556,6 +577,7 @@ class FlowTable:
                 flow.hw_bytes = [0, 0]
                 flow.stats_at = 0
                 self.counters.hw_add_ok += 1
+                self._notify("hw_offload", flow)
             else:
                 flow.flags = (flow.flags | F.HW_REFRESH) & ~F.HW_OFFLOADED
                 flow.last_error = error
@@ -568,6 +590,7 @@ class FlowTable:
                     self.counters.hw_add_errors += 1
                 delay = min(self.RETRY_MIN_NS << min(flow.hw_retries, 16), self.RETRY_MAX_NS)
                 flow.retry_at = now + delay
+                self._notify("hw_failed", flow)
             self._reschedule(flow, now)
 
     def hw_del_done(self, flow: Flow, ok: bool, *, error: str = "") -> None:
@@ -578,6 +601,7 @@ class FlowTable:
             if ok:
                 flow.flags = (flow.flags | F.HW_DEAD) & ~F.HW_OFFLOADED
                 self.counters.hw_del_ok += 1
+                self._notify("hw_removed", flow)
             else:
                 flow.flags &= ~F.HW_DYING
                 flow.last_error = error
@@ -623,9 +647,25 @@ class FlowTable:
             if lost and flow.flags & F.HW_OFFLOADED:
                 flow.flags = (flow.flags & ~F.HW_OFFLOADED) | F.HW_REFRESH
                 self.counters.hw_entries_lost += 1
+                self._notify("hw_lost", flow)
                 if not flow.flags & (F.TEARDOWN | F.CLOSING):
                     flow.retry_at = now
             self._reschedule(flow, now)
+
+    def hw_final_stats(self, flow: Flow, stats: list[HwStats | None]) -> None:
+        """The last counter values of entries about to be deleted: accounting only (a closing flow's
+        deadline must not move), so ``offloadgen flows`` and conntrack keep every byte the switch forwarded."""
+        with self.lock:
+            for d in (Dir.ORIGINAL, Dir.REPLY):
+                st = stats[d]
+                if st is None or flow.hw_packets[d] < 0:
+                    continue
+                dp, db = st.packets - flow.hw_packets[d], st.bytes - flow.hw_bytes[d]
+                if dp < 0 or db < 0:
+                    dp, db = st.packets, st.bytes
+                flow.hw_packets[d], flow.hw_bytes[d] = st.packets, st.bytes
+                if dp > 0:
+                    flow.conn.acct_add(d, dp, db)
 
     def hw_adopted(self, flow: Flow) -> None:
         """Reconciliation found both entries on the switch as we would write them: ``[HW_OFFLOAD]``. The
@@ -638,6 +678,7 @@ class FlowTable:
             flow.hw_packets = [-1, -1]
             flow.hw_bytes = [-1, -1]
             flow.stats_at = 0
+            self._notify("hw_offload", flow)
             self._reschedule(flow, self.clock())
 
     def hw_cancelled(self, flow: Flow) -> None:

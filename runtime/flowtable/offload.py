@@ -137,6 +137,29 @@ class OffloadEngine:
         with self.lock:
             return list(self._orphans.values())
 
+    def queue_delete(self, upd: FlowUpdate) -> None:
+        """Delete an entry no flow owns (an idle notice for an unknown key); done on the next run and
+        retried until the switch confirms it is gone."""
+        with self.lock:
+            self._orphans[upd.key()] = upd
+        self._wake.set()
+
+    def flush(self) -> list[UpdateResult] | str:
+        """Delete every entry the controller may have on the switch, in one batch (clean shutdown): the
+        switch is left holding nothing it would forward without a controller to account for it."""
+        with self.lock:
+            ups = [delete_for(f.dirs[d].tuple, self.caps) for f in self.ft.flows() for d in (0, 1)
+                   if (f.hw_installed & (1 << d) or f.flags & F.HW_PENDING) and f.family in self.caps.tables]
+            ups += list(self._orphans.values())
+        answer = self._write(ups)
+        if not isinstance(answer, str):
+            with self.lock:
+                for f in self.ft.flows():
+                    f.hw_installed = 0
+                    f.flags &= ~F.HW_OFFLOADED
+                self._orphans.clear()
+        return answer
+
     def installed_entries(self) -> dict[str, int]:
         """Entries the controller believes are on the switch, per table (for occupancy)."""
         out: dict[str, int] = {}
@@ -270,6 +293,18 @@ class OffloadEngine:
                 for d in (0, 1):
                     if flow.hw_installed & (1 << d):
                         plan.append((flow, d, delete_for(flow.dirs[d].tuple, self.caps)))
+            offloaded = [f for f in flows if f.flags & F.HW_OFFLOADED and f.hw_installed == 0b11]
+        if offloaded and self.reader is not None:
+            # Read the counters one last time: what the switch forwarded since the previous read would
+            # otherwise be lost from the flow's and conntrack's accounting.
+            try:
+                refs = [match_of(f.dirs[d].tuple, self.caps) for f in offloaded for d in (0, 1)]
+                stats = self.reader.read_stats(refs)
+                if len(stats) == len(refs):
+                    for i, f in enumerate(offloaded):
+                        self.ft.hw_final_stats(f, [stats[2 * i], stats[2 * i + 1]])
+            except Exception as exc:
+                log.debug("final counter read before delete failed: %s", exc)
         answer = self._write([p[2] for p in plan])
         errors: dict[int, str] = {}
         with self.lock:

@@ -1,0 +1,363 @@
+"""The controller's flowtable: where conntrack, the slow path and the switch meet the flowtable.
+
+This is the kernel's ``nft_flow_offload`` expression plus the glue around ``nf_flow_table``:
+
+- the slow path's forward hook offers every forwarded packet's connection (``flow add @ft``); a connection
+  enters once conntrack has seen both directions, TCP is established and the policy agrees;
+- punted packets try the software fast path first (:meth:`Offloader.fast_forward`), the full slow path only
+  when it declines;
+- conntrack events move flows: a TCP state past ESTABLISHED (FIN/RST) makes the flow closing, a destroyed
+  connection tears it down;
+- the switch's idle-timeout notices are checked against the flow before anything is removed;
+- reconciliation on start (adopt what the switch still forwards, rebuilding the connection; delete the rest)
+  and on reconnection (re-install what a restarted switch lost).
+
+Threads: offers, fast path, events and reconciliation run on the controller's worker thread; the offload
+engine has its own; the status endpoint reads snapshots. The flowtable's lock covers its state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .actions import route_actions
+from .client import SwitchClient
+from .config import RouterConfig
+from .conntrack import Conn, Conntrack, CtEvent, CtTuple, Dir, Status, TcpState
+from .entities import IdleTimeout, mac_str
+from .errors import ConfigError, P4RuntimeError
+from .flowtable.core import Flow, FlowDirection, FlowTable, IdleVerdict, OfferResult
+from .flowtable.fastpath import FastPath
+from .flowtable.model import FlowTuple
+from .flowtable.offload import OffloadEngine
+from .flowtable.p4map import PipelineCaps, SwitchEntry, caps_from_p4info, delete_for
+from .flowtable.p4rt import (
+    P4RuntimeReader,
+    P4RuntimeWriter,
+    entry_tuple,
+    read_flow_entries,
+    read_port_vlans,
+    to_switch_entry,
+)
+from .flowtable.policy import FlowtableConfig, PolicyError, parse_flowtable
+from .flowtable.reconcile import EntryPair, plan_reconcile
+from .flowtable.status import snapshot_flows, snapshot_stats
+from .pipeline import Pipeline
+from .slowpath import SlowPath
+
+log = logging.getLogger(__name__)
+
+#: Offer results that will not change for the life of a connection: it is not offered again.
+_FINAL = {OfferResult.POLICY, OfferResult.PROTO, OfferResult.INCONSISTENT}
+
+
+class _CtHandle:
+    """:class:`~runtime.flowtable.core.ConnRef` for one conntrack entry."""
+
+    __slots__ = ("conn", "ct", "owner")
+
+    def __init__(self, owner: Offloader, conn: Conn) -> None:
+        self.owner = owner
+        self.ct = owner.conntrack
+        self.conn = conn
+
+    def is_dying(self) -> bool:
+        return bool(self.conn.status & Status.DYING) or self.ct.get(self.conn.id) is not self.conn
+
+    def acct_add(self, direction: Dir, packets: int, nbytes: int) -> None:
+        self.ct.acct_add(self.conn, direction, packets, nbytes)
+        self.owner.hw_packets += packets
+        self.owner.hw_bytes += nbytes
+
+    def on_teardown(self) -> None:
+        self.ct.fixup(self.conn)
+
+
+def load_policy(config: RouterConfig) -> FlowtableConfig:
+    """The ``[flowtable]`` section of the router config, validated; errors name the file and the key."""
+    try:
+        return parse_flowtable(config.flowtable_raw, port_names=config.port_names, switch_ports=sorted(config.ports))
+    except PolicyError as exc:
+        raise ConfigError(f"{config.source}: {exc}") from None
+
+
+class Offloader:
+    def __init__(self, config: RouterConfig, pipeline: Pipeline, conntrack: Conntrack, slowpath: SlowPath,
+                 client: SwitchClient, emit: Callable[[int, bytes], None], clock: Callable[[], int]) -> None:
+        self.config = config
+        self.policy = load_policy(config)
+        self.conntrack = conntrack
+        self.slowpath = slowpath
+        self.client = client
+        self.emit = emit
+        self.ft = FlowTable(self.policy, clock)
+        self.caps: PipelineCaps = caps_from_p4info(pipeline.p4info.message)
+        self.fast = FastPath(self.ft)
+        self.engine: OffloadEngine | None = None
+        self.hw_packets = 0
+        self.hw_bytes = 0
+        self.rebuilt = 0
+        self.reconciles = 0
+        self.ft.listeners.append(self._flow_event)
+        conntrack.subscribe(self._ct_event)
+        slowpath.on_forward.append(self._offer)
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """After the pipeline is on the switch: learn its VLAN ports, start the offload worker, and
+        reconcile the switch's flow tables with the (empty) flowtable, adopting live flows."""
+        try:
+            vlans = read_port_vlans(self.client)
+        except P4RuntimeError as exc:
+            log.warning("reading the pipeline's VLAN ports failed (%s); assuming none", exc)
+            vlans = {}
+        self.caps = dataclasses.replace(self.caps, port_vlans=vlans)
+        self.fast.pipeline_vlans = dict(vlans)
+        self.engine = OffloadEngine(self.ft, P4RuntimeWriter(self.client), self.caps,
+                                    P4RuntimeReader(self.client, self.caps))
+        self.reconcile(startup=True)
+        self.engine.start()
+        log.info("flowtable: hardware offload %s, tcp/udp timeout %g/%g s, %d policy rules",
+                 "on" if self.ft.hw_enabled else "off", self.policy.tcp_timeout_s, self.policy.udp_timeout_s,
+                 len(self.policy.rules))
+
+    def stop(self, *, flush: bool = True) -> None:
+        """Stop the worker; with ``flush`` delete every entry we put on the switch (a clean shutdown)."""
+        if self.engine is None:
+            return
+        self.engine.stop()
+        if flush:
+            answer = self.engine.flush()
+            if isinstance(answer, str):
+                log.warning("flushing the flow tables at shutdown failed: %s", answer)
+        self.engine = None
+
+    # ------------------------------------------------------------------------------ offering
+
+    def _direction(self, conn: Conn, d: Dir) -> FlowDirection | None:
+        iif, actions = conn.iif[d], conn.actions[d]
+        if iif is None or actions is None:
+            return None
+        t = conn.tuples[d]
+        fd = FlowDirection(FlowTuple(iif, t.src, t.dst, t.proto, t.sport, t.dport), actions)
+        port = self.config.ports.get(fd.out_port)
+        if port is not None:
+            fd.mtu = port.mtu
+        return fd
+
+    def _offer(self, conn: Conn, direction: Dir) -> None:
+        """The forward hook: offer the connection of a packet the slow path just forwarded."""
+        if conn.offload_refused or not conn.offloadable() or conn.status & Status.OFFLOAD:
+            return
+        orig, reply = self._direction(conn, Dir.ORIGINAL), self._direction(conn, Dir.REPLY)
+        if orig is None or reply is None:
+            return
+        result, flow = self.ft.offer(_CtHandle(self, conn), orig, reply, seen_reply=bool(conn.status & Status.SEEN_REPLY),
+                                     tcp_established=conn.tcp_state == TcpState.ESTABLISHED,
+                                     fin_rst_seen=conn.closing)
+        if result in _FINAL:
+            conn.offload_refused = result.value
+            log.info("connection %d stays on the slow path: %s", conn.id, result.value)
+        if flow is not None:
+            self.conntrack.set_offload(conn)
+
+    def _flow_of(self, conn: Conn) -> Flow | None:
+        iif = conn.iif[0]
+        if iif is None:
+            return None
+        t = conn.tuples[0]
+        hit = self.ft.find(FlowTuple(iif, t.src, t.dst, t.proto, t.sport, t.dport))
+        if hit is None or not isinstance(hit[0].conn, _CtHandle) or hit[0].conn.conn is not conn:
+            return None
+        return hit[0]
+
+    def _ct_event(self, event: CtEvent, conn: Conn) -> None:
+        if not conn.status & Status.OFFLOAD:
+            return
+        if event is CtEvent.DESTROY:
+            flow = self._flow_of(conn)
+            if flow is not None:
+                self.ft.teardown(flow)
+        elif event is CtEvent.STATE and conn.closing:
+            flow = self._flow_of(conn)
+            if flow is not None:
+                self.ft.mark_closing(flow)
+
+    def _flow_event(self, event: str, flow: Flow) -> None:
+        """Log a flow's way through the states and mirror them in conntrack's status bits."""
+        handle = flow.conn
+        if isinstance(handle, _CtHandle):
+            if event == "hw_offload":
+                handle.conn.status |= Status.HW_OFFLOAD
+            elif event in ("hw_removed", "hw_lost", "hw_failed", "closing"):
+                handle.conn.status &= ~Status.HW_OFFLOAD
+        o = flow.dirs[0].tuple
+        what = {"offload": "[OFFLOAD]", "hw_offload": "[HW_OFFLOAD]", "closing": "closing (FIN/RST)",
+                "teardown": "teardown", "removed": "removed", "hw_removed": "entries deleted from the switch",
+                "hw_failed": f"hardware add failed: {flow.last_error}", "hw_lost": "entries missing on the switch"}
+        log.info("flow %d %s %s:%d -> %s:%d %s", flow.id, "tcp" if o.proto == 6 else "udp", o.src_ip, o.sport,
+                 o.dst_ip, o.dport, what.get(event, event))
+
+    # ------------------------------------------------------------------------------ packets and ticks
+
+    def fast_forward(self, in_port: int, frame: bytes) -> bool:
+        """The software fast path for a punted frame; False when the slow path must take it."""
+        res = self.fast.forward(frame, in_port)
+        if res is None:
+            return False
+        handle = res.flow.conn
+        if isinstance(handle, _CtHandle):
+            self.conntrack.acct_add(handle.conn, res.direction, 1, len(res.frame) - 14)
+        self.emit(res.port, res.frame)
+        return True
+
+    def tick(self) -> None:
+        self.ft.gc()
+
+    def on_idle_timeout(self, note: IdleTimeout) -> None:
+        for entry in note.entries:
+            t = entry_tuple(entry, self.caps)
+            if t is None:
+                continue
+            verdict = self.ft.idle_notification(t)
+            if verdict is IdleVerdict.UNKNOWN_ENTRY and self.engine is not None:
+                log.info("idle entry %s belongs to no flow: deleting it", t)
+                self.engine.queue_delete(delete_for(t, self.caps))
+
+    # ------------------------------------------------------------------------------ reconciliation
+
+    def reconcile(self, *, startup: bool = False) -> None:
+        """Make the switch's flow tables and the flowtable agree (see :mod:`.flowtable.reconcile`)."""
+        assert self.engine is not None
+        try:
+            entries = [to_switch_entry(e) for e in read_flow_entries(self.client, self.caps)]
+        except P4RuntimeError as exc:
+            log.error("reconciliation: reading the flow tables failed: %s", exc)
+            return
+        plan = plan_reconcile(entries, self.ft.flows(), self.caps, can_rebuild=self._can_rebuild if startup else None)
+        for pair in plan.rebuild:
+            flow = self._rebuild(pair)
+            if flow is not None:
+                plan.adopt.append(flow)
+            else:
+                plan.delete += [delete_for(x.tuple, self.caps) for x in (pair.a_decoded, pair.b_decoded)]
+        answer = self.engine.apply_reconcile(plan)
+        self.reconciles += 1
+        log.info("reconciliation (%s): %d entries on the switch; adopted %d (%d rebuilt), re-installing %d, "
+                 "deleted %d%s", "start" if startup else "reconnect", len(entries), len(plan.adopt), len(plan.rebuild),
+                 len(plan.reinstall), len(plan.delete), f" (delete failed: {answer})" if isinstance(answer, str) else "")
+
+    def _orientation(self, pair: EntryPair) -> tuple[Any, Any]:
+        """Which entry is the original direction: the one NAT rewrites as the connection's first packet
+        was (a DNAT rule matching it, or its source translated); without NAT, the first (it only names
+        the directions)."""
+        a, b = pair.a_decoded, pair.b_decoded
+        for x, y in ((a, b), (b, a)):
+            ct = CtTuple(x.tuple.src, x.tuple.dst, x.tuple.proto, x.tuple.sport, x.tuple.dport)
+            if self.slowpath.nat.dnat_target(ct, x.tuple.in_port) is not None:
+                return x, y
+        for x, y in ((a, b), (b, a)):
+            if x.leaves_as[0] != x.tuple.src:
+                return x, y
+        return a, b
+
+    def _can_rebuild(self, pair: EntryPair) -> bool:
+        o, r = self._orientation(pair)
+        for x in (o, r):
+            port = self.config.ports.get(x.out_port)
+            if port is None or x.tuple.in_port not in self.config.ports or port.mac != x.smac:
+                return False
+            route = self.slowpath.routes.lookup(x.leaves_as[1])
+            if route is None or route.port != x.out_port:
+                return False
+        return True
+
+    def _rebuild(self, pair: EntryPair) -> Flow | None:
+        """Conntrack's mid-stream pick-up from the two entries, then a flow for it that is already on the
+        switch (the engine marks it ``[HW_OFFLOAD]`` when the plan is applied)."""
+        o, r = self._orientation(pair)
+        ot = CtTuple(o.tuple.src, o.tuple.dst, o.tuple.proto, o.tuple.sport, o.tuple.dport)
+        rt = CtTuple(r.tuple.src, r.tuple.dst, r.tuple.proto, r.tuple.sport, r.tuple.dport)
+        acts = []
+        for x, this, other in ((o, ot, rt), (r, rt, ot)):
+            acts.append(route_actions(this, other, out_port=x.out_port, smac=x.smac, dmac=x.dmac,
+                                      in_port=x.tuple.in_port))
+            route = self.slowpath.routes.lookup(x.leaves_as[1])
+            if route is not None:  # the entry's MAC is what the neighbour had: seed the cache with it
+                nh = route.next_hop(ipaddress.ip_address(x.leaves_as[1])).packed
+                self.slowpath.neigh.learn(x.out_port, nh, x.dmac, create=True)
+        conn = self.conntrack.pick_up(ot, rt, iif=(o.tuple.in_port, r.tuple.in_port), actions=(acts[0], acts[1]))
+        if conn is None:
+            return None
+        od, rd = self._direction(conn, Dir.ORIGINAL), self._direction(conn, Dir.REPLY)
+        if od is None or rd is None:
+            self.conntrack.destroy(conn)
+            return None
+        result, flow = self.ft.offer(_CtHandle(self, conn), od, rd, seen_reply=True,
+                                     tcp_established=conn.proto != 6 or conn.tcp_state == TcpState.ESTABLISHED,
+                                     hw_present=True)
+        if flow is None:
+            log.info("reconciliation: entries for %s not adopted (%s)", ot, result.value)
+            self.conntrack.destroy(conn)
+            return None
+        self.conntrack.set_offload(conn)
+        self.rebuilt += 1
+        return flow
+
+    # ------------------------------------------------------------------------------ status
+
+    def flows(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in snapshot_flows(self.ft)]
+
+    def stats(self) -> dict[str, Any]:
+        eng = self.engine
+        depths = eng.depths() if eng is not None else None
+        rec = snapshot_stats(self.ft, queue_depths=(depths.wq_add, depths.wq_del, depths.wq_stats) if depths else (0, 0, 0),
+                             installed=eng.installed_entries() if eng is not None else {},
+                             sizes=self.caps.sizes, orphans=len(eng.orphans) if eng is not None else 0)
+        d = rec.to_dict()
+        d["hw_packets"] = self.hw_packets
+        d["hw_bytes"] = self.hw_bytes
+        d["rebuilt"] = self.rebuilt
+        d["reconciles"] = self.reconciles
+        d["policy"] = {"hw_offload": self.policy.hw_offload, "tcp_timeout_s": self.policy.tcp_timeout_s,
+                       "udp_timeout_s": self.policy.udp_timeout_s, "close_timeout_s": self.policy.close_timeout_s,
+                       "rules": len(self.policy.rules)}
+        return d
+
+    def entries(self) -> list[dict[str, Any]]:
+        """What the switch holds in its flow tables, each entry joined to the flow that owns it."""
+        out = []
+        for e in read_flow_entries(self.client, self.caps, counters=True):
+            se: SwitchEntry = to_switch_entry(e)
+            t = entry_tuple(e, self.caps)
+            hit = self.ft.find(t) if t is not None else None
+            width = 4 if se.table == self.caps.tables.get(4) else 16
+            m = se.match
+            params: dict[str, Any] = {}
+            for k, v in se.params.items():
+                if k in ("smac", "dmac"):
+                    params[k] = mac_str(v.to_bytes(6, "big"))
+                elif k in ("saddr", "daddr"):
+                    params[k] = str(ipaddress.ip_address(v.to_bytes(width, "big")))
+                else:
+                    params[k] = v
+            out.append({
+                "table": se.table,
+                "match": {"in_port": m.get("in_port"),
+                          "src_addr": str(ipaddress.ip_address(int(m["src_addr"]).to_bytes(width, "big"))),
+                          "dst_addr": str(ipaddress.ip_address(int(m["dst_addr"]).to_bytes(width, "big"))),
+                          "proto": m.get("proto"), "src_port": m.get("src_port"), "dst_port": m.get("dst_port")},
+                "action": se.action, "params": params, "idle_timeout_ns": se.idle_timeout_ns,
+                "packets": e.counter.packets if e.counter else None, "bytes": e.counter.bytes if e.counter else None,
+                "since_last_hit_ms": (e.time_since_last_hit_ns // 1_000_000
+                                      if e.time_since_last_hit_ns is not None else None),
+                "flow": hit[0].id if hit else None, "dir": hit[1].name.lower() if hit else None,
+            })
+        return out
+
