@@ -1,4 +1,8 @@
-"""`offloadgen run --config router.toml [--switch ADDR] [--build DIR] [--target softswitch|bmv2]`."""
+"""`offloadgen run --config router.toml [--switch ADDR] [--build DIR] [--target softswitch|bmv2]`.
+
+Runs the controller in the foreground and serves its state on the status socket, where `offloadgen flows`,
+`stats` and `entries` read it.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from runtime.config import load_config
 from runtime.conntrack import format_conntrack
 from runtime.controller import Controller
 from runtime.pipeline import TARGETS, load_build
+from runtime.status import DEFAULT_SOCKET, StatusServer
 
 log = logging.getLogger("offloadgen.run")
 
@@ -28,6 +33,11 @@ def register(sub: Any) -> None:
     p.add_argument("--device-id", type=int, default=1, help="P4Runtime device id (default 1)")
     p.add_argument("--election-id", type=int, default=1, help="arbitration election id, low 64 bits (default 1)")
     p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the switch (default 10)")
+    p.add_argument("--status-socket", default=DEFAULT_SOCKET,
+                   help=f"Unix socket for `offloadgen flows/stats/entries` (default {DEFAULT_SOCKET})")
+    p.add_argument("--keep-entries", action="store_true",
+                   help="leave offloaded flows on the switch at exit (a restarted controller adopts them); "
+                        "by default a clean exit deletes them")
     p.set_defaults(func=run)
 
 
@@ -44,9 +54,14 @@ def run(args: argparse.Namespace) -> int:
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("runtime.controller").setLevel(logging.INFO)  # new connections are always logged
         logging.getLogger("offloadgen.run").setLevel(logging.INFO)
+        logging.getLogger("runtime.offloader").setLevel(logging.INFO)  # [OFFLOAD] / [HW_OFFLOAD] transitions
     try:
-        with Controller(config, pipeline, args.switch, device_id=args.device_id,
-                        election_id=(0, args.election_id)) as ctl:
+        ctl = Controller(config, pipeline, args.switch, device_id=args.device_id,
+                         election_id=(0, args.election_id), flush_on_stop=not args.keep_entries)
+        status = StatusServer(args.status_socket)
+        for name, handler in ctl.status_handlers().items():
+            status.register(name, handler)
+        with status, ctl:
             log.info("running: %d ports, %d routes; Ctrl-C to stop", len(config.ports), len(ctl.slowpath.routes.routes()))
             ctl.wait(stop)
             table = format_conntrack(ctl.snapshot())
