@@ -42,6 +42,7 @@ class SwitchSpec:
     log_file: Path | None = None
     log_level: str | None = None  # trace, debug, info, warn, error, off
     extra: tuple[str, ...] = ()  # more target options (after --)
+    thrift_port: int | None = None  # BMv2's Thrift (simple_switch_CLI) port; None: its default 9090
 
 
 def find_bmv2(explicit: str | None = None) -> str | None:
@@ -67,6 +68,8 @@ def switch_argv(spec: SwitchSpec) -> list[str]:
     for number, iface in sorted(spec.ports.items()):
         argv += ["-i", f"{number}@{iface}"]
     argv.append("--no-p4")
+    if spec.thrift_port is not None:
+        argv += ["--thrift-port", str(spec.thrift_port)]
     if spec.log_level:
         argv += ["--log-console", "--log-level", spec.log_level]
     argv += ["--", "--grpc-server-addr", spec.grpc_addr, "--cpu-port", str(spec.cpu_port), *spec.extra]
@@ -87,9 +90,14 @@ def port_in_use(addr: str) -> bool:
 
 def free_grpc_addr(host: str = "127.0.0.1") -> str:
     """A loopback address:port nobody listens on now (for tests that run several switches)."""
+    return f"{host}:{free_port(host)}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (a second BMv2's Thrift port, next to one on 9090)."""
     with socket.socket() as s:
         s.bind((host, 0))
-        return f"{host}:{s.getsockname()[1]}"
+        return int(s.getsockname()[1])
 
 
 class SwitchProcess:

@@ -1,4 +1,4 @@
-"""The controller routes between hosts through a real switch, slow path only (no flow-table entries).
+"""The controller routes between hosts through a real switch, slow path only (a policy that offloads nothing).
 
 Host A (10.0.1.10/24, 2001:db8:1::10/64) on LAN port 1, host B (192.0.2.20/24, 2001:db8:2::20/64) on WAN port
 4, configs/router.toml (masquerade out of the WAN). Runs against softswitch and, when installed, BMv2.
@@ -6,16 +6,16 @@ Host A (10.0.1.10/24, 2001:db8:1::10/64) on LAN port 1, host B (192.0.2.20/24, 2
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hostapps import TCP_CLIENT, TCP_SERVER, UDP_CLIENT, UDP_SERVER, start_server, stop, wait_for
 
 from offloadgen.netlab import Host, Netlab, sh
 from offloadgen.switchproc import SwitchProcess, SwitchSpec, free_grpc_addr
@@ -29,72 +29,6 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 KINDS = ["softswitch", pytest.param("bmv2", marks=pytest.mark.bmv2)]
 A_MAC, B_MAC = "02:00:00:00:00:10", "02:00:00:00:00:20"
 WAN_ADDR = "192.0.2.1"
-
-TCP_SERVER = r"""
-import hashlib, socket, sys
-fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1)
-print("ready", flush=True)
-c, peer = s.accept(); h = hashlib.sha256(); n = 0
-while True:
-    b = c.recv(65536)
-    if not b: break
-    h.update(b); n += len(b)
-c.sendall(f"{peer[0]} {n} {h.hexdigest()}".encode()); c.close()
-"""
-
-TCP_CLIENT = r"""
-import hashlib, os, socket, sys
-fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-data = os.urandom(int(sys.argv[3]))
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
-c.sendall(data); c.shutdown(socket.SHUT_WR)
-reply = b""
-while True:
-    b = c.recv(4096)
-    if not b: break
-    reply += b
-print(reply.decode(), hashlib.sha256(data).hexdigest())
-"""
-
-UDP_SERVER = r"""
-import socket, sys
-fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-s = socket.socket(fam, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2])))
-print("ready", flush=True)
-while True:
-    b, peer = s.recvfrom(2048)
-    if b == b"quit": break
-    s.sendto(peer[0].encode() + b" " + b, peer)
-"""
-
-UDP_CLIENT = r"""
-import socket, sys, time
-fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(3)
-s.bind(("0.0.0.0" if fam == socket.AF_INET else "::", 40000))
-answers = []
-for i in range(int(sys.argv[3])):
-    s.sendto(f"hello {i}".encode(), (sys.argv[1], int(sys.argv[2])))
-    answers.append(s.recvfrom(2048)[0].decode())
-    time.sleep(float(sys.argv[4]))
-print("\n".join(answers))
-"""
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
-
 
 @dataclass
 class Lab:
@@ -114,29 +48,13 @@ class Lab:
         return out
 
 
-def start_server(host: Host, script: str, *args: str) -> subprocess.Popen[str]:
-    proc = host.popen(sys.executable, "-c", script, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.strip() == "ready", f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}"
-    return proc
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module", params=KINDS)
 def lab(request: pytest.FixtureRequest, build_dir: Path, router_config_path: Path) -> Iterator[Lab]:
     kind = request.param
     pipeline = load_build(build_dir, kind)
-    config = load_config(router_config_path)
+    # The flowtable would take these connections off the slow path; this module tests the slow path itself
+    # (test_flowtable_integration.py tests offload), so its policy offloads nothing.
+    config = dataclasses.replace(load_config(router_config_path), flowtable_raw={"default": "skip"})
     with Netlab() as net:
         a = net.add_host("a", mac=A_MAC, ipv4="10.0.1.10/24", gw4="10.0.1.1", ipv6="2001:db8:1::10/64",
                          gw6="2001:db8:1::1")
@@ -155,7 +73,7 @@ def lab(request: pytest.FixtureRequest, build_dir: Path, router_config_path: Pat
 
 def assert_slow_path_only(lab: Lab) -> None:
     for table in ("flow_v4", "flow_v6"):
-        assert lab.ctl.client.read_table(table) == [], f"{table} has entries; this issue is slow path only"
+        assert lab.ctl.client.read_table(table) == [], f"{table} has entries; the policy offloads nothing here"
 
 
 def test_ping_router_and_across_with_masquerade(lab: Lab) -> None:
@@ -179,7 +97,7 @@ def test_ipv6_routed_without_nat(lab: Lab) -> None:
         out = lab.a.run(sys.executable, "-c", TCP_CLIENT, "2001:db8:2::20", "5002", "300000", timeout=60)
     finally:
         stop(srv)
-    peer, n, digest, sent = out.stdout.split()
+    peer, n, digest, sent = out.stdout.splitlines()[-1].split()
     assert (peer, int(n), digest) == ("2001:db8:1::10", 300000, sent)  # no NAT for IPv6
     tcp6 = [r for r in lab.conns("tcp") if r.family == 6 and r.original.dport == 5002]
     assert tcp6 and tcp6[0].reply == tcp6[0].original.invert()
@@ -197,7 +115,7 @@ def test_tcp_transfer_masqueraded_and_states(lab: Lab) -> None:
         out = lab.a.run(sys.executable, "-c", TCP_CLIENT, "192.0.2.20", "5001", str(size), timeout=90)
     finally:
         stop(srv)
-    peer, n, digest, sent = out.stdout.split()
+    peer, n, digest, sent = out.stdout.splitlines()[-1].split()
     assert peer == WAN_ADDR, "B must see only the router's WAN address"
     assert int(n) == size and digest == sent
     [r] = lab.conns("tcp", dport=5001)

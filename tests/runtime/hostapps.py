@@ -1,0 +1,113 @@
+"""Small programs run inside the test hosts' namespaces, and helpers to start, stop and wait for them.
+
+Shared by the integration tests (test_router_integration.py, test_flowtable_integration.py). The programs
+are plain Python so a test host needs nothing but the interpreter: a TCP sink that answers with the peer
+address, byte count and SHA-256 it saw, a client that sends random bytes (optionally paced), and a UDP echo.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from offloadgen.netlab import Host
+
+TCP_SERVER = r"""
+import hashlib, socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1)
+print("ready", flush=True)
+c, peer = s.accept(); h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(65536)
+    if not b: break
+    h.update(b); n += len(b)
+c.sendall(f"{peer[0]} {n} {h.hexdigest()}".encode()); c.close()
+"""
+
+TCP_CLIENT = r"""
+import hashlib, os, socket, sys, time
+# host port size [pause]: send size random bytes in 64 KiB writes, sleeping pause seconds after each
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+data = os.urandom(int(sys.argv[3]))
+pause = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+print("connected", c.getsockname()[1], flush=True)
+for i in range(0, len(data), 65536):
+    c.sendall(data[i:i + 65536])
+    if pause:
+        time.sleep(pause)
+c.shutdown(socket.SHUT_WR)
+reply = b""
+while True:
+    b = c.recv(4096)
+    if not b: break
+    reply += b
+print(reply.decode(), hashlib.sha256(data).hexdigest())
+"""
+
+UDP_SERVER = r"""
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    b, peer = s.recvfrom(2048)
+    if b == b"quit": break
+    s.sendto(peer[0].encode() + b" " + b, peer)
+"""
+
+UDP_CLIENT = r"""
+import socket, sys, time
+# host port count pause [sport]: send count datagrams pause seconds apart from sport, print the answers
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(3)
+s.bind(("0.0.0.0" if fam == socket.AF_INET else "::", int(sys.argv[5]) if len(sys.argv) > 5 else 40000))
+answers = []
+for i in range(int(sys.argv[3])):
+    s.sendto(f"hello {i}".encode(), (sys.argv[1], int(sys.argv[2])))
+    try:
+        answers.append(s.recvfrom(2048)[0].decode())
+    except socket.timeout:
+        answers.append("timeout")
+    time.sleep(float(sys.argv[4]))
+print("\n".join(answers))
+"""
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+
+def start_server(host: Host, script: str, *args: str) -> subprocess.Popen[str]:
+    proc = host.popen(sys.executable, "-c", script, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "ready", f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}"
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+

@@ -1,0 +1,510 @@
+"""Hardware flow offload end to end: hosts in namespaces, a real switch, the controller as users run it.
+
+LAN host A (10.0.1.10) on port 1 behind masquerade, LAN host C (10.0.2.10) on port 2, WAN host B
+(192.0.2.20) on port 4. The controller is `offloadgen run` in its own process (so it can be SIGKILLed and
+restarted), observed only through what users have: `offloadgen flows/stats/entries` over the status socket.
+Everything runs on softswitch and, when installed, on BMv2 simple_switch_grpc.
+
+The test config is configs/router.toml with a shortened [flowtable] (timeouts of a few seconds), lan2
+left out of the flowtable, and rules that keep TCP port 5001 and IPv6 UDP to B on the slow path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hostapps import TCP_CLIENT, TCP_SERVER, UDP_CLIENT, UDP_SERVER, start_server, stop, wait_for
+
+from offloadgen.netlab import Host, Netlab
+from offloadgen.switchproc import SwitchProcess, SwitchSpec, free_grpc_addr, free_port
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+KINDS = ["softswitch", pytest.param("bmv2", marks=pytest.mark.bmv2)]
+WAN_ADDR = "192.0.2.1"
+B_ADDR = "192.0.2.20"
+UDP_TIMEOUT = 3
+CLOSE_TIMEOUT = 4
+
+FLOWTABLE = f"""
+[flowtable]
+ports = ["lan1", "lan3", "wan"]
+tcp_timeout = 30
+udp_timeout = {UDP_TIMEOUT}
+close_timeout = {CLOSE_TIMEOUT}
+
+[[flowtable.rules]]
+action = "skip"
+proto = "tcp"
+dport = 5001
+
+[[flowtable.rules]]
+action = "skip"
+proto = "udp"
+dst = "2001:db8:2::/64"
+"""
+
+
+def make_config(router_config_path: Path, tmp: Path) -> Path:
+    """configs/router.toml with the test's [flowtable] in place of its own."""
+    text = router_config_path.read_text()
+    cut = text.index("\n[flowtable]")
+    path = tmp / "router.toml"
+    path.write_text(text[:cut] + "\n" + FLOWTABLE)
+    return path
+
+
+def offloadgen(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "offloadgen.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@dataclass
+class Controller:
+    """`offloadgen run` as a process: start, SIGKILL, restart; query its status socket."""
+
+    argv: list[str]
+    sock: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Controller:
+        with self.log.open("ab") as f:
+            self.proc = subprocess.Popen(self.argv, stdout=f, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.alive() and self.query_ok(), 30, "the controller's status socket")
+        return self
+
+    def alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"controller exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
+        return True
+
+    def query_ok(self) -> bool:
+        from runtime.status import StatusError, query
+
+        try:
+            query("stats", self.sock, timeout=2)
+            return True
+        except (StatusError, OSError):
+            return False
+
+    def q(self, cmd: str) -> Any:
+        from runtime.status import query
+
+        return query(cmd, self.sock)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    # ---------------------------------------------------------------- views
+    def flows(self) -> list[dict[str, Any]]:
+        return list(self.q("flows"))
+
+    def flow(self, proto: str, dport: int, *, sport: int | None = None) -> dict[str, Any] | None:
+        for f in self.flows():
+            if f["proto"] == proto and f["orig"]["dport"] == dport and (sport is None or f["orig"]["sport"] == sport):
+                return f
+        return None
+
+    def entries(self) -> list[dict[str, Any]]:
+        return list(self.q("entries"))
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.q("stats"))
+
+    def packet_in(self) -> int:
+        return int(self.stats()["controller"]["packet_in"])
+
+
+@dataclass
+class Lab:
+    kind: str
+    a: Host
+    b: Host
+    c: Host
+    switch: SwitchProcess
+    ctl: Controller
+    tmp: Path
+
+    def restart_switch(self) -> None:
+        spec = self.switch.spec
+        self.switch.kill()
+        self.switch = SwitchProcess(spec).start()
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def lab(request: pytest.FixtureRequest, build_dir: Path, router_config_path: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    kind = request.param
+    tmp = tmp_path_factory.mktemp(f"ft-{kind}")
+    config = make_config(router_config_path, tmp)
+    with Netlab() as net:
+        a = net.add_host("a", mac="02:00:00:00:00:10", ipv4="10.0.1.10/24", gw4="10.0.1.1",
+                         ipv6="2001:db8:1::10/64", gw6="2001:db8:1::1")
+        c = net.add_host("c", mac="02:00:00:00:00:30", ipv4="10.0.2.10/24", gw4="10.0.2.1")
+        b = net.add_host("b", mac="02:00:00:00:00:20", ipv4=f"{B_ADDR}/24", gw4=WAN_ADDR,
+                         ipv6="2001:db8:2::20/64", gw6="2001:db8:2::1")
+        spec = SwitchSpec(kind=kind, ports={1: a.switch_iface, 2: c.switch_iface, 4: b.switch_iface},
+                          grpc_addr=free_grpc_addr(), cpu_port=255, log_file=tmp / "switch.log",
+                          thrift_port=free_port())
+        sw = SwitchProcess(spec).start()
+        sock = tmp / "ctl.sock"
+        ctl = Controller([sys.executable, "-m", "offloadgen.cli", "-v", "run", "--config", str(config),
+                          "--switch", spec.grpc_addr, "--build", str(build_dir), "--target", kind,
+                          "--status-socket", str(sock)], sock, tmp / "controller.log")
+        lab = Lab(kind, a, b, c, sw, ctl, tmp)
+        try:
+            ctl.start()
+            yield lab
+        finally:
+            ctl.stop()
+            lab.switch.stop()
+            print((tmp / "controller.log").read_text()[-4000:])
+
+
+def entries_of(lab: Lab, flow_id: int) -> list[dict[str, Any]]:
+    return [e for e in lab.ctl.entries() if e["flow"] == flow_id]
+
+
+def settled(cond: Any) -> Any:
+    """For wait_for while the switch restarts: a read that fails (switch not back yet) is a 'not yet'."""
+    from runtime.status import StatusError
+
+    def check() -> Any:
+        try:
+            return cond()
+        except StatusError:
+            return False
+    return check
+
+
+def assert_switch_matches_flowtable(lab: Lab) -> None:
+    """The invariant: every entry belongs to a flow, every [HW_OFFLOAD] flow has both its entries."""
+    entries = lab.ctl.entries()
+    assert all(e["flow"] is not None for e in entries), f"entries no flow owns: {entries}"
+    flows = {f["id"]: f for f in lab.ctl.flows()}
+    owned = {(e["flow"], e["dir"]) for e in entries}
+    for f in flows.values():
+        if f["state"] == "hw_offloaded":
+            assert {(f["id"], "original"), (f["id"], "reply")} <= owned, f"{f} lacks entries: {entries}"
+    assert all(flows.get(fid, {}).get("state") == "hw_offloaded" for fid, _ in owned), (flows, entries)
+
+
+def test_tcp_bulk_transfer_is_offloaded(lab: Lab) -> None:
+    srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5002")
+    size = 8 * 1024 * 1024
+    before = lab.ctl.packet_in()
+    proc = lab.a.popen(sys.executable, "-c", TCP_CLIENT, B_ADDR, "5002", str(size), "0.01",
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        sport = int(proc.stdout.readline().split()[1])
+        flow = wait_for(lambda: (f := lab.ctl.flow("tcp", 5002, sport=sport)) and f["state"] == "hw_offloaded" and f,
+                        10, "the transfer's flow to reach [HW_OFFLOAD]")
+        assert flow["tag"] == "[HW_OFFLOAD]"
+        assert {e["dir"] for e in entries_of(lab, flow["id"])} == {"original", "reply"}
+        # masquerade on the switch: the original direction's entry rewrites A to the WAN address
+        [orig_entry] = [e for e in entries_of(lab, flow["id"]) if e["dir"] == "original"]
+        assert orig_entry["action"] == "offload_nat" and orig_entry["params"]["saddr"] == WAN_ADDR
+        # while it is offloaded, `offloadgen flows` shows it the way conntrack -L would
+        out = offloadgen("flows", "--status-socket", str(lab.ctl.sock))
+        assert out.returncode == 0, out.stderr
+        assert f"sport={sport} dport=5002" in out.stdout and "[HW_OFFLOAD]" in out.stdout
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop(srv)
+    assert proc.returncode == 0, stderr
+    peer, n, digest, sent = stdout.splitlines()[-1].split()
+    assert peer == WAN_ADDR, "B must see only the router's WAN address"
+    assert (int(n), digest) == (size, sent)
+    punted = lab.ctl.packet_in() - before
+    # ~8 MiB is >5000 data segments plus ACKs; the controller saw the handshake, the first segments
+    # before the entries were in, and the FINs (the switch punts those)
+    assert punted < 100, f"{punted} packet-ins for an offloaded transfer"
+
+    # FIN: closing, entries gone from the switch, the flow kept in software until the close timeout
+    fin_flow = wait_for(lambda: (f := lab.ctl.flow("tcp", 5002, sport=sport)) and f["state"] == "closing" and f,
+                        2, "the flow to be closing after FIN")
+    wait_for(lambda: not entries_of(lab, fin_flow["id"]), 1.0, "its entries to leave the switch within a second")
+    # the accounting includes what the switch forwarded (read before the entries were deleted)
+    assert fin_flow["orig"]["bytes"] + fin_flow["reply"]["bytes"] >= size, fin_flow
+    st = lab.ctl.stats()
+    assert st["controller"]["hw_packets"] > 1000
+    text = offloadgen("stats", "--status-socket", str(lab.ctl.sock))
+    assert "wq_add" in text.stdout and "hw_add_ok" in text.stdout, text.stdout + text.stderr
+    wait_for(lambda: lab.ctl.flow("tcp", 5002, sport=sport) is None, CLOSE_TIMEOUT + 3,
+             "the closing flow to leave the flowtable after the close timeout")
+    assert_switch_matches_flowtable(lab)
+
+
+def test_last_packets_after_fin_take_the_software_path(lab: Lab) -> None:
+    """A half-close: A sends its FIN, then B keeps sending; B's data after the FIN reaches A although the
+    entries are gone (the software fast path / slow path carries the closing flow)."""
+    script = r"""
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 5003)); s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+c.recv(100)
+while c.recv(65536): pass          # A's FIN
+time.sleep(1.5)                    # the flow is closing now and its entries are gone
+for i in range(50): c.sendall(b"x" * 1000)
+c.close()
+"""
+    srv = start_server(lab.b, script)
+    client = r"""
+import socket, time
+c = socket.create_connection(("192.0.2.20", 5003), timeout=30)
+for i in range(200): c.sendall(b"y" * 1000); time.sleep(0.002)
+time.sleep(1); c.sendall(b"z"); c.shutdown(socket.SHUT_WR)
+n = 0
+while True:
+    b = c.recv(65536)
+    if not b: break
+    n += len(b)
+print(n)
+"""
+    try:
+        out = lab.a.run(sys.executable, "-c", client, timeout=60)
+    finally:
+        stop(srv)
+    assert out.stdout.strip() == "50000"
+    st = lab.ctl.stats()["flowtable"]["counters"]
+    assert st["closed"] >= 1
+
+
+def test_udp_idle_flow_expires_active_flow_is_kept_alive(lab: Lab) -> None:
+    srv = start_server(lab.b, UDP_SERVER, "0.0.0.0", "5353")
+    try:
+        # The active flow: one datagram every 0.3 s for longer than three timeouts; the idle one: a few
+        # datagrams, then silence.
+        active = lab.a.popen(sys.executable, "-c", UDP_CLIENT, B_ADDR, "5353", str(int(4 * UDP_TIMEOUT / 0.3)), "0.3",
+                             "41000", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        lab.a.run(sys.executable, "-c", UDP_CLIENT, B_ADDR, "5353", "3", "0.2", "42000", timeout=30)
+        idle = wait_for(lambda: (f := lab.ctl.flow("udp", 5353, sport=42000)) and f["state"] == "hw_offloaded" and f,
+                        5, "the short UDP flow to be offloaded")
+        live = wait_for(lambda: (f := lab.ctl.flow("udp", 5353, sport=41000)) and f["state"] == "hw_offloaded" and f,
+                        5, "the long UDP flow to be offloaded")
+        pin = lab.ctl.packet_in()
+        wait_for(lambda: lab.ctl.flow("udp", 5353, sport=42000) is None, UDP_TIMEOUT + 4,
+                 "the idle UDP flow to expire")
+        assert not entries_of(lab, idle["id"]), "the expired flow's entries are still on the switch"
+        # the active flow outlived its timeout several times over on the switch alone
+        time.sleep(UDP_TIMEOUT)
+        still = lab.ctl.flow("udp", 5353, sport=41000)
+        assert still is not None and still["id"] == live["id"] and still["state"] == "hw_offloaded", still
+        assert len(entries_of(lab, live["id"])) == 2
+        assert lab.ctl.packet_in() - pin < 10, "the active flow's datagrams should not reach the controller"
+        stdout, _ = active.communicate(timeout=60)
+        assert "timeout" not in stdout and stdout.count(B_ADDR[:-3]) > 0
+    finally:
+        stop(srv)
+
+
+def test_policy_keeps_excluded_flows_on_the_slow_path(lab: Lab) -> None:
+    # a port rule: TCP 5001 is skipped
+    srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5001")
+    try:
+        before = lab.ctl.packet_in()
+        out = lab.a.run(sys.executable, "-c", TCP_CLIENT, B_ADDR, "5001", "300000", timeout=60)
+    finally:
+        stop(srv)
+    assert out.stdout.splitlines()[-1].split()[0] == WAN_ADDR
+    assert lab.ctl.flow("tcp", 5001) is None
+    assert lab.ctl.packet_in() - before > 200, "a skipped flow's packets all go through the controller"
+    # an excluded port: C sits on lan2, which the flowtable does not cover
+    srv = start_server(lab.b, UDP_SERVER, "0.0.0.0", "5354")
+    try:
+        out = lab.c.run(sys.executable, "-c", UDP_CLIENT, B_ADDR, "5354", "5", "0.1", "43000", timeout=30)
+        assert "timeout" not in out.stdout
+        assert lab.ctl.flow("udp", 5354) is None
+        # a prefix rule: UDP to 2001:db8:2::/64 is skipped
+        srv6 = start_server(lab.b, UDP_SERVER, "::", "5355")
+        try:
+            out = lab.a.run(sys.executable, "-c", UDP_CLIENT, "2001:db8:2::20", "5355", "5", "0.1", "43001", timeout=30)
+            assert "timeout" not in out.stdout
+        finally:
+            stop(srv6)
+        assert lab.ctl.flow("udp", 5355) is None
+    finally:
+        stop(srv)
+    conns = lab.ctl.q("conntrack")
+    assert any(c["original"]["dport"] == 5354 and c["state"] in ("REPLIED", "ASSURED") for c in conns)
+    assert_switch_matches_flowtable(lab)
+
+
+def test_ipv6_tcp_is_offloaded_without_nat(lab: Lab) -> None:
+    srv = start_server(lab.b, TCP_SERVER, "::", "5002")
+    try:
+        proc = lab.a.popen(sys.executable, "-c", TCP_CLIENT, "2001:db8:2::20", "5002", str(2 * 1024 * 1024), "0.02",
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        sport = int(proc.stdout.readline().split()[1])
+        flow = wait_for(lambda: (f := lab.ctl.flow("tcp", 5002, sport=sport)) and f["state"] == "hw_offloaded" and f,
+                        10, "the IPv6 flow to reach [HW_OFFLOAD]")
+        assert {e["table"] for e in entries_of(lab, flow["id"])} == {"flow_v6"}
+        assert {e["action"] for e in entries_of(lab, flow["id"])} == {"offload"}
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        stop(srv)
+    assert stdout.splitlines()[-1].split()[0] == "2001:db8:1::10"
+
+
+def test_controller_sigkill_mid_transfer_and_restart(lab: Lab) -> None:
+    srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5002")
+    size = 6 * 1024 * 1024
+    proc = lab.a.popen(sys.executable, "-c", TCP_CLIENT, B_ADDR, "5002", str(size), "0.05",
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        sport = int(proc.stdout.readline().split()[1])
+        before = wait_for(lambda: (f := lab.ctl.flow("tcp", 5002, sport=sport)) and f["state"] == "hw_offloaded" and f,
+                          10, "the transfer to be offloaded")
+        lab.ctl.kill()
+        time.sleep(1)  # the switch forwards on its own meanwhile
+        assert proc.poll() is None, "the transfer should still be running"
+        lab.ctl.start()
+        # the restarted controller read the entries back and rebuilt the connection from them
+        after = wait_for(lambda: (f := lab.ctl.flow("tcp", 5002, sport=sport)) and f["state"] == "hw_offloaded" and f,
+                         5, "the restarted controller to adopt the live flow")
+        assert after["orig"]["src"] == before["orig"]["src"] and after["reply"]["dst"] == WAN_ADDR
+        assert lab.ctl.stats()["flowtable"]["rebuilt"] >= 1
+        assert_switch_matches_flowtable(lab)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop(srv)
+    assert proc.returncode == 0, stderr
+    peer, n, digest, sent = stdout.splitlines()[-1].split()
+    assert (peer, int(n), digest) == (WAN_ADDR, size, sent)
+    # settled: the switch holds exactly the entries of live flows
+    wait_for(lambda: not entries_of(lab, after["id"]), 3, "the finished transfer's entries to go")
+    assert_switch_matches_flowtable(lab)
+
+
+def test_switch_restart_reinstalls_flows(lab: Lab) -> None:
+    srv = start_server(lab.b, UDP_SERVER, "0.0.0.0", "5356")
+    try:
+        sender = lab.a.popen(sys.executable, "-c", UDP_CLIENT, B_ADDR, "5356", "60", "0.2", "44000",
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        flow = wait_for(lambda: (f := lab.ctl.flow("udp", 5356)) and f["state"] == "hw_offloaded" and f,
+                        5, "the UDP flow to be offloaded")
+        lab.restart_switch()
+        # the controller reconnects, pushes the pipeline again and re-installs the flow
+        wait_for(settled(lambda: len(entries_of(lab, flow["id"])) == 2), 20,
+                 "the flow to be re-installed on the new switch")
+        wait_for(settled(lambda: (f := lab.ctl.flow("udp", 5356)) and f["state"] == "hw_offloaded"), 5,
+                 "[HW_OFFLOAD] again")
+        assert lab.ctl.stats()["flowtable"]["reconciles"] >= 2
+        stdout, _ = sender.communicate(timeout=60)
+        answers = stdout.split("\n")
+        assert answers[-1] != "timeout" and answers[-5:].count("timeout") == 0, answers[-10:]
+        assert_switch_matches_flowtable(lab)
+    finally:
+        stop(srv)
+
+
+def test_entries_command(lab: Lab) -> None:
+    out = offloadgen("entries", "--status-socket", str(lab.ctl.sock), "--json")
+    assert out.returncode == 0, out.stderr
+    assert isinstance(json.loads(out.stdout), list)
+    missing = offloadgen("flows", "--status-socket", str(lab.tmp / "nothing.sock"))
+    assert missing.returncode == 2 and "no controller is running" in missing.stderr
+
+
+# ------------------------------------------------------------------------------------------ table full
+
+@pytest.fixture(scope="module", params=KINDS)
+def small_lab(request: pytest.FixtureRequest, router_config_path: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A profile whose IPv4 flow table holds 8 entries: four connections (two directions each)."""
+    import shutil
+
+    from offloadgen.build import build
+    from offloadgen.profile import shipped_profile
+
+    kind = request.param
+    tmp = tmp_path_factory.mktemp(f"small-{kind}")
+    text = shipped_profile("default").read_text().replace("ipv4 = 65536", "ipv4 = 8")
+    assert "ipv4 = 8" in text
+    (tmp / "small.toml").write_text(text.replace('name = "default"', 'name = "small"'))
+    from offloadgen.profile import load_profile
+
+    build(load_profile(tmp / "small.toml"), tmp / "build", use_p4c=shutil.which("p4c-bm2-ss") is not None)
+    config = make_config(router_config_path, tmp)
+    with Netlab() as net:
+        a = net.add_host("a", mac="02:00:00:00:00:10", ipv4="10.0.1.10/24", gw4="10.0.1.1")
+        c = net.add_host("c", mac="02:00:00:00:00:30", ipv4="10.0.2.10/24", gw4="10.0.2.1")
+        b = net.add_host("b", mac="02:00:00:00:00:20", ipv4=f"{B_ADDR}/24", gw4=WAN_ADDR)
+        spec = SwitchSpec(kind=kind, ports={1: a.switch_iface, 2: c.switch_iface, 4: b.switch_iface},
+                          grpc_addr=free_grpc_addr(), cpu_port=255, log_file=tmp / "switch.log",
+                          thrift_port=free_port())
+        sw = SwitchProcess(spec).start()
+        sock = tmp / "ctl.sock"
+        ctl = Controller([sys.executable, "-m", "offloadgen.cli", "-v", "run", "--config", str(config),
+                          "--switch", spec.grpc_addr, "--build", str(tmp / "build"), "--target", kind,
+                          "--status-socket", str(sock)], sock, tmp / "controller.log")
+        lab = Lab(kind, a, b, c, sw, ctl, tmp)
+        try:
+            ctl.start()
+            yield lab
+        finally:
+            ctl.stop()
+            lab.switch.stop()
+            print((tmp / "controller.log").read_text()[-4000:])
+
+
+def test_fifth_connection_stays_on_the_software_path_when_the_table_is_full(small_lab: Lab) -> None:
+    lab = small_lab
+    srv = start_server(lab.b, UDP_SERVER, "0.0.0.0", "6000")
+    senders = []
+    try:
+        for i in range(4):
+            senders.append(lab.a.popen(sys.executable, "-c", UDP_CLIENT, B_ADDR, "6000", "40", "0.1", str(45000 + i),
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        wait_for(lambda: sum(f["state"] == "hw_offloaded" for f in lab.ctl.flows()) == 4, 10,
+                 "four flows on the switch")
+        fifth = lab.a.popen(sys.executable, "-c", UDP_CLIENT, B_ADDR, "6000", "20", "0.1", "45004",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        f5 = wait_for(lambda: lab.ctl.flow("udp", 6000, sport=45004), 5, "the fifth flow in the flowtable")
+        wait_for(lambda: lab.ctl.stats()["flowtable"]["counters"]["hw_add_table_full"] >= 1, 5,
+                 "a table-full rejection")
+        f5 = lab.ctl.flow("udp", 6000, sport=45004)
+        assert f5 is not None and f5["tag"] == "[OFFLOAD]" and f5["state"] == "offloaded", f5
+        stdout, _ = fifth.communicate(timeout=30)
+        assert "timeout" not in stdout, "the fifth connection must keep working on the software path"
+        st = lab.ctl.stats()
+        assert st["controller"]["fastpath_packets"] >= 10, "its packets go through the software fast path"
+        assert st["flowtable"]["occupancy"]["flow_v4"][0] == 8
+        assert len(lab.ctl.entries()) == 8
+    finally:
+        for p in senders:
+            with contextlib.suppress(Exception):
+                p.communicate(timeout=30)
+        stop(srv)
