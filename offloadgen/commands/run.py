@@ -31,7 +31,9 @@ def register(sub: Any) -> None:
     p.add_argument("--target", choices=TARGETS, default="softswitch",
                    help="what the switch is: softswitch takes the P4 source, bmv2 the BMv2 JSON (default softswitch)")
     p.add_argument("--device-id", type=int, default=1, help="P4Runtime device id (default 1)")
-    p.add_argument("--election-id", type=int, default=1, help="arbitration election id, low 64 bits (default 1)")
+    p.add_argument("--election-id", type=int, default=10,
+                   help="arbitration election id, low 64 bits (default 10: backups such as p4runtime-shell with its "
+                        "default 1 can then connect beside the controller and read)")
     p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the switch (default 10)")
     p.add_argument("--status-socket", default=DEFAULT_SOCKET,
                    help=f"Unix socket for `offloadgen flows/stats/entries` (default {DEFAULT_SOCKET})")

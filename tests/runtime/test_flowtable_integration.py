@@ -508,3 +508,49 @@ def test_fifth_connection_stays_on_the_software_path_when_the_table_is_full(smal
             with contextlib.suppress(Exception):
                 p.communicate(timeout=30)
         stop(srv)
+
+
+# ------------------------------------------------------------------------------------ p4runtime-shell
+
+#: What the README tells users to type at the p4runtime-shell prompt (the shell fetches the pipeline from the
+#: switch; with election id 1 it is a backup beside the controller's 10, and may read).
+SHELL_INPUT = 'te = table_entry["flow_v4"]\nte.counter_data\nte.read(lambda e: print(e))\n'
+
+
+def shell_bytes(value: int) -> str:
+    """How p4runtime-shell prints a canonical bytestring: "\\\\xd6\\\\xfa"."""
+    raw = value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+    return '"' + "".join(f"\\\\x{b:02x}" for b in raw) + '"'
+
+
+def test_p4runtime_shell_as_backup_reads_live_offloaded_flows(lab: Lab) -> None:
+    srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5002")
+    proc = lab.a.popen(sys.executable, "-c", TCP_CLIENT, B_ADDR, "5002", str(4 * 1024 * 1024), "0.02",
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        sport = int(proc.stdout.readline().split()[1])
+        wait_for(lambda: (f := lab.ctl.flow("tcp", 5002, sport=sport)) and f["state"] == "hw_offloaded", 10,
+                 "the transfer to be offloaded")
+        time.sleep(0.5)  # let some packets hit the entries
+        # the unmodified p4runtime-shell CLI, fed the README's lines
+        out = subprocess.run([sys.executable, "-m", "p4runtime_sh", "--grpc-addr", lab.switch.grpc_addr,
+                              "--device-id", "1", "--election-id", "0,1"], input=SHELL_INPUT, capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "You are not the primary client" in out.stdout
+        blocks = out.stdout.split("table_id: ")[1:]
+        assert blocks and all(b.startswith(f"{b.split()[0]} (\"ingress.flow_v4\")") for b in blocks), out.stdout
+        mine = [b for b in blocks if shell_bytes(sport) in b]
+        assert len(mine) == 2, out.stdout  # both directions of the live flow, by the templates' names
+        assert all('("ingress.offload_nat")' in b for b in mine)
+        counts = [int(b.split("packet_count: ")[1].split()[0]) for b in mine if "packet_count: " in b]
+        assert len(counts) == 2 and sum(counts) > 0, "the switch's counters of a live flow"
+        # the controller is still primary and still working
+        assert lab.ctl.flow("tcp", 5002, sport=sport) is not None
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop(srv)
+    assert proc.returncode == 0
