@@ -11,11 +11,12 @@ Mininet, and a missing Mininet must be a one-line message, not an ImportError.
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
 from offloadgen.cli import UserError
-from offloadgen.switchproc import KINDS
+from offloadgen.switchproc import KINDS, SwitchKind, find_bmv2
 
 REPO = Path(__file__).resolve().parent.parent.parent
 QUICK_DURATION = 24.0
@@ -23,7 +24,9 @@ QUICK_DURATION = 24.0
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="Mininet demo: flows going from the slow path to [HW_OFFLOAD], with a report and plot")
-    p.add_argument("--switch", choices=KINDS, default="softswitch", help="switch to run (default: softswitch)")
+    p.add_argument("--switch", choices=(*KINDS, "auto"), default="auto",
+                   help="switch to run; auto (the default): BMv2 when simple_switch_grpc and p4c-bm2-ss are on PATH, "
+                        "else softswitch")
     p.add_argument("--profile", default=None, help="target profile: a TOML file or a shipped name (default: default)")
     p.add_argument("--config", default=str(REPO / "configs" / "router.toml"),
                    help="router config (default: configs/router.toml)")
@@ -38,9 +41,23 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def pick_switch(requested: str, bmv2: str | None, p4c: str | None) -> SwitchKind:
+    """``auto``: the real BMv2 when it and p4c are installed (the README's first command then shows offload on
+    BMv2), otherwise the embedded softswitch."""
+    if requested != "auto":
+        return requested  # type: ignore[return-value]
+    if find_bmv2(bmv2) is not None and shutil.which(p4c or "p4c-bm2-ss") is not None:
+        return "bmv2"
+    return "softswitch"
+
+
 def run(args: argparse.Namespace) -> int:
     from offloadgen.demo.checks import check_prerequisites
 
+    args.switch = pick_switch(args.switch, args.bmv2, args.p4c)
+    print(f"offloadgen demo: switch {args.switch}"
+          + (" (BMv2 and p4c found on PATH; --switch softswitch for the embedded one)" if args.switch == "bmv2" else ""),
+          flush=True)
     check_prerequisites(args.switch, args.bmv2)
     duration = QUICK_DURATION if args.quick else args.duration
     if duration < 10:

@@ -24,7 +24,7 @@ log = logging.getLogger("offloadgen.run")
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("run", help="run the controller: push the pipeline, route punted packets (slow path)")
+    p = sub.add_parser("run", help="run the controller: push the pipeline, slow path, flowtable and hardware offload")
     p.add_argument("--config", required=True, help="router config (TOML), e.g. configs/router.toml")
     p.add_argument("--switch", default="127.0.0.1:9559", help="the switch's P4Runtime address (default 127.0.0.1:9559)")
     p.add_argument("--build", default="build", help="offloadgen build output directory (default: build/)")
