@@ -139,6 +139,7 @@ class Flow:
     retry_at: int = 0
     last_error: str = ""
     stats_at: int = 0  # when the GC next queues a stats read (0: not scheduled)
+    hw_read_at: int = 0  # when the counters in hw_packets were taken (install, adoption or the last read)
     tick: int = -1  # wheel slot, -1 when not scheduled
 
     @property
@@ -576,6 +577,7 @@ class FlowTable:
                 flow.hw_packets = [0, 0]
                 flow.hw_bytes = [0, 0]
                 flow.stats_at = 0
+                flow.hw_read_at = now
                 self.counters.hw_add_ok += 1
                 self._notify("hw_offload", flow)
             else:
@@ -614,6 +616,14 @@ class FlowTable:
         New packets (or ``time_since_last_hit``) move the timeout to last-use plus the flow timeout and
         are added to conntrack's accounting. A direction the switch no longer has (``None``) means the
         flow is not really ``[HW_OFFLOAD]``: the flag goes and the add is queued again at once.
+
+        ``time_since_last_hit`` dates a hit only when it agrees with the counters: packets counted since the
+        previous read were forwarded after it (:attr:`Flow.hw_read_at`), so a last hit dated before that
+        read is wrong and the read time stands in (as for a target without the field). BMv2 is such a
+        target: PI derives the value as idle timeout minus remaining TTL, and bmv2 computes the remaining
+        TTL in 32-bit arithmetic (``ms * 1000 * 1000``), so for idle timeouts above 2^32 ns (~4.29 s) it
+        reports the true value plus a multiple of ~4.29 s (about 25.8 s too much for a 30 s timeout) and a
+        busy flow would look idle and expire counted from its last refresh, not from its last packet.
         """
         with self.lock:
             now = self.clock()
@@ -636,11 +646,13 @@ class FlowTable:
                 flow.hw_packets[d], flow.hw_bytes[d] = st.packets, st.bytes
                 if dp > 0:
                     flow.conn.acct_add(d, dp, db)
-                if st.since_last_hit_ns is not None:
-                    if st.packets > 0 or dp > 0:
-                        lastused = max(lastused, now - st.since_last_hit_ns)
-                elif dp > 0:
-                    lastused = max(lastused, now)
+                since = st.since_last_hit_ns
+                if dp > 0:
+                    hit = now - since if since is not None else now
+                    lastused = max(lastused, hit if hit >= flow.hw_read_at else now)
+                elif since is not None and st.packets > 0:
+                    lastused = max(lastused, now - since)
+            flow.hw_read_at = now
             if lastused:
                 flow.timeout = max(flow.timeout, lastused + flow.timeout_ns)
                 flow.stats_at = flow.timeout - (9 * flow.timeout_ns) // 10 + 1
@@ -678,8 +690,10 @@ class FlowTable:
             flow.hw_packets = [-1, -1]
             flow.hw_bytes = [-1, -1]
             flow.stats_at = 0
+            now = self.clock()
+            flow.hw_read_at = now
             self._notify("hw_offload", flow)
-            self._reschedule(flow, self.clock())
+            self._reschedule(flow, now)
 
     def hw_cancelled(self, flow: Flow) -> None:
         """A queued operation was dropped without touching the switch (the flow closed meanwhile)."""

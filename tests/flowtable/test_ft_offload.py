@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import pytest
 from ftutil import FakeClock, FakeConn, FakeSwitch, make_table, nat_tuples, offer
 
-from runtime.flowtable.core import Flow, FlowTable, IdleVerdict
+from runtime.flowtable.core import Flow, FlowTable, HwStats, IdleVerdict
 from runtime.flowtable.model import NS, Dir, FlowFlag
 from runtime.flowtable.offload import OffloadEngine
-from runtime.flowtable.p4map import Code, FlowUpdate, Op, UpdateResult
+from runtime.flowtable.p4map import Code, FlowUpdate, Op, PipelineCaps, UpdateResult
+from runtime.flowtable.policy import FlowtableConfig
 
 F = FlowFlag
 
@@ -219,6 +222,67 @@ def test_stats_read_only_below_90_percent_and_extends_on_traffic() -> None:
         eng.run_once()
     assert ft.get(flow.id) is None and sw.entries == {}
     assert ft.counters.expired == 1
+
+
+class Bmv2TtlSwitch(FakeSwitch):
+    """``time_since_last_hit`` as BMv2 + PI report it: PI answers idle timeout minus the remaining TTL, and
+    bmv2 computes the remaining TTL as ``uint32 ms * 1000 * 1000``, i.e. modulo 2^32 ns."""
+
+    def read_stats(self, entries: Sequence[tuple[str, Mapping[str, int | bytes]]]) -> list[HwStats | None]:
+        out: list[HwStats | None] = []
+        for st, (table, match) in zip(super().read_stats(entries), entries, strict=True):
+            if st is None or st.since_last_hit_ns is None:
+                out.append(st)
+                continue
+            timeout_ms = self.entries[(table, tuple(sorted(match.items())))].entry.idle_timeout_ns // 1_000_000
+            since_ms = st.since_last_hit_ns // 1_000_000
+            remaining_ns = ((timeout_ms - since_ms) * 1000 * 1000) % 2**32 if timeout_ms > since_ms else 0
+            timeout_ns = timeout_ms * 1_000_000
+            out.append(HwStats(st.packets, st.bytes, timeout_ns - remaining_ns if timeout_ns >= remaining_ns else 0))
+        return out
+
+
+@pytest.mark.parametrize("switch_cls", [FakeSwitch, Bmv2TtlSwitch])
+def test_udp_flow_expires_its_timeout_after_the_last_packet(switch_cls: type[FakeSwitch]) -> None:
+    """A UDP flow (30 s) busy on the switch for 13 s expires 30 s after its last packet, not 30 s after it
+    was offloaded (~17 s after the last packet): BMv2's time_since_last_hit (~25.8 s too much for a 30 s idle
+    timeout) must not make the traffic the counters just saw look old."""
+    clock = FakeClock()
+    ft = FlowTable(FlowtableConfig(udp_timeout_s=30), clock=clock)
+    sw = switch_cls(clock)
+    eng = OffloadEngine(ft, sw, PipelineCaps(), sw)
+    _, flow = offer(ft, proto="udp")
+    assert isinstance(flow, Flow)
+    eng.run_once()
+    assert flow.hw_offloaded and sw.entries
+    if switch_cls is Bmv2TtlSwitch:
+        sw.hit(flow.dirs[0].tuple)
+        clock.advance(0.2)
+        st = sw.read_stats([(e.entry.table, e.entry.match) for e in sw.entries.values()])[0]
+        assert st is not None and st.since_last_hit_ns is not None
+        assert 25.9 * NS < st.since_last_hit_ns < 26.0 * NS, "the switch's answer 0.2 s after a hit"
+    last = 0
+    for _ in range(65):  # 13 s of a datagram and its answer every 0.2 s
+        sw.hit(flow.dirs[0].tuple)
+        sw.hit(flow.dirs[1].tuple)
+        last = clock.now
+        clock.advance(0.2)
+        ft.gc()
+        eng.run_once()
+    gone = None
+    for _ in range(60 * 10):
+        clock.advance(0.1)
+        ft.gc()
+        eng.run_once()
+        if ft.get(flow.id) is None:
+            gone = clock.now - last
+            break
+    assert gone is not None and ft.counters.expired == 1 and sw.entries == {}
+    # GC runs (expire, delete, remove) add up to 2 s. With BMv2's time_since_last_hit the counters date the
+    # last packet to the read that found it: up to 10 % of the timeout plus a GC run later (as on a target
+    # without the field).
+    slack = 2 * NS if switch_cls is FakeSwitch else 5 * NS
+    assert 30 * NS <= gone <= 30 * NS + slack, f"expired {gone / NS:.1f} s after the last packet"
 
 
 def test_stats_read_finding_entry_gone_clears_hw_offload_and_reinstalls() -> None:
