@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,9 @@ from typing import Any
 import pytest
 from hostapps import TCP_CLIENT, TCP_SERVER, UDP_CLIENT, UDP_SERVER, start_server, stop, wait_for
 
+from offloadgen.build import build
 from offloadgen.netlab import Host, Netlab
+from offloadgen.profile import load_profile, shipped_profile
 from offloadgen.switchproc import SwitchProcess, SwitchSpec, free_grpc_addr, free_port
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -55,12 +58,13 @@ dst = "2001:db8:2::/64"
 """
 
 
-def make_config(router_config_path: Path, tmp: Path) -> Path:
+def make_config(router_config_path: Path, tmp: Path, *, hw_offload: bool = True) -> Path:
     """configs/router.toml with the test's [flowtable] in place of its own."""
     text = router_config_path.read_text()
     cut = text.index("\n[flowtable]")
     path = tmp / "router.toml"
-    path.write_text(text[:cut] + "\n" + FLOWTABLE)
+    flowtable = FLOWTABLE if hw_offload else FLOWTABLE.replace("[flowtable]\n", "[flowtable]\nhw_offload = false\n", 1)
+    path.write_text(text[:cut] + "\n" + flowtable)
     return path
 
 
@@ -155,12 +159,9 @@ class Lab:
         self.switch = SwitchProcess(spec).start()
 
 
-@pytest.fixture(scope="module", params=KINDS)
-def lab(request: pytest.FixtureRequest, build_dir: Path, router_config_path: Path,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    kind = request.param
-    tmp = tmp_path_factory.mktemp(f"ft-{kind}")
-    config = make_config(router_config_path, tmp)
+@contextlib.contextmanager
+def run_lab(kind: str, build_dir: Path, config: Path, tmp: Path) -> Iterator[Lab]:
+    """Hosts A (lan1), C (lan2) and B (wan), a switch, and `offloadgen run` against it."""
     with Netlab() as net:
         a = net.add_host("a", mac="02:00:00:00:00:10", ipv4="10.0.1.10/24", gw4="10.0.1.1",
                          ipv6="2001:db8:1::10/64", gw6="2001:db8:1::1")
@@ -183,6 +184,14 @@ def lab(request: pytest.FixtureRequest, build_dir: Path, router_config_path: Pat
             ctl.stop()
             lab.switch.stop()
             print((tmp / "controller.log").read_text()[-4000:])
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def lab(request: pytest.FixtureRequest, build_dir: Path, router_config_path: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    tmp = tmp_path_factory.mktemp(f"ft-{request.param}")
+    with run_lab(request.param, build_dir, make_config(router_config_path, tmp), tmp) as lab:
+        yield lab
 
 
 def entries_of(lab: Lab, flow_id: int) -> list[dict[str, Any]]:
@@ -444,40 +453,14 @@ def test_entries_command(lab: Lab) -> None:
 def small_lab(request: pytest.FixtureRequest, router_config_path: Path,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A profile whose IPv4 flow table holds 8 entries: four connections (two directions each)."""
-    import shutil
-
-    from offloadgen.build import build
-    from offloadgen.profile import shipped_profile
-
     kind = request.param
     tmp = tmp_path_factory.mktemp(f"small-{kind}")
     text = shipped_profile("default").read_text().replace("ipv4 = 65536", "ipv4 = 8")
     assert "ipv4 = 8" in text
     (tmp / "small.toml").write_text(text.replace('name = "default"', 'name = "small"'))
-    from offloadgen.profile import load_profile
-
     build(load_profile(tmp / "small.toml"), tmp / "build", use_p4c=shutil.which("p4c-bm2-ss") is not None)
-    config = make_config(router_config_path, tmp)
-    with Netlab() as net:
-        a = net.add_host("a", mac="02:00:00:00:00:10", ipv4="10.0.1.10/24", gw4="10.0.1.1")
-        c = net.add_host("c", mac="02:00:00:00:00:30", ipv4="10.0.2.10/24", gw4="10.0.2.1")
-        b = net.add_host("b", mac="02:00:00:00:00:20", ipv4=f"{B_ADDR}/24", gw4=WAN_ADDR)
-        spec = SwitchSpec(kind=kind, ports={1: a.switch_iface, 2: c.switch_iface, 4: b.switch_iface},
-                          grpc_addr=free_grpc_addr(), cpu_port=255, log_file=tmp / "switch.log",
-                          thrift_port=free_port())
-        sw = SwitchProcess(spec).start()
-        sock = tmp / "ctl.sock"
-        ctl = Controller([sys.executable, "-m", "offloadgen.cli", "-v", "run", "--config", str(config),
-                          "--switch", spec.grpc_addr, "--build", str(tmp / "build"), "--target", kind,
-                          "--status-socket", str(sock)], sock, tmp / "controller.log")
-        lab = Lab(kind, a, b, c, sw, ctl, tmp)
-        try:
-            ctl.start()
-            yield lab
-        finally:
-            ctl.stop()
-            lab.switch.stop()
-            print((tmp / "controller.log").read_text()[-4000:])
+    with run_lab(kind, tmp / "build", make_config(router_config_path, tmp), tmp) as lab:
+        yield lab
 
 
 def test_fifth_connection_stays_on_the_software_path_when_the_table_is_full(small_lab: Lab) -> None:
@@ -554,3 +537,38 @@ def test_p4runtime_shell_as_backup_reads_live_offloaded_flows(lab: Lab) -> None:
             proc.kill()
         stop(srv)
     assert proc.returncode == 0
+
+
+# ------------------------------------------------------------------------------------ software only
+
+@pytest.fixture(scope="module", params=KINDS)
+def sw_lab(request: pytest.FixtureRequest, build_dir: Path, router_config_path: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """`hw_offload = false`: a flowtable without `flags offload`."""
+    tmp = tmp_path_factory.mktemp(f"swonly-{request.param}")
+    with run_lab(request.param, build_dir, make_config(router_config_path, tmp, hw_offload=False), tmp) as lab:
+        yield lab
+
+
+def test_software_flowtable_forwards_without_hardware_entries(sw_lab: Lab) -> None:
+    lab = sw_lab
+    srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5002")
+    size = 2 * 1024 * 1024
+    try:
+        proc = lab.a.popen(sys.executable, "-c", TCP_CLIENT, B_ADDR, "5002", str(size), "0.01",
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        sport = int(proc.stdout.readline().split()[1])
+        flow = wait_for(lambda: lab.ctl.flow("tcp", 5002, sport=sport), 10, "the flow in the software flowtable")
+        assert flow["tag"] == "[OFFLOAD]" and flow["state"] == "offloaded"
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        stop(srv)
+    peer, n, digest, sent = stdout.splitlines()[-1].split()
+    assert (peer, int(n), digest) == (WAN_ADDR, size, sent)
+    assert lab.ctl.entries() == [], "software-only mode must not write the switch"
+    st = lab.ctl.stats()
+    assert st["flowtable"]["hw_enabled"] is False
+    # the data went through the software fast path, not the full slow path
+    assert st["controller"]["fastpath_packets"] > 1000, st["controller"]
+    assert st["controller"]["fastpath_packets"] > 10 * st["controller"]["slowpath_packets"], st["controller"]
