@@ -32,9 +32,9 @@ def register(sub: Any) -> None:
                    help="router config (default: configs/router.toml)")
     p.add_argument("--out", default="demo-out", help="report.json, timeline.png and logs go here (default: demo-out/)")
     p.add_argument("--hosts", type=int, default=3, help="LAN hosts, one per LAN port (default 3)")
-    p.add_argument("--duration", type=float, default=55.0,
+    p.add_argument("--duration", type=float, default=65.0,
                    help="seconds of traffic and watching, from the first packet; it ends sooner once every flow "
-                        "has left the flowtable (default 55: room for the 30 s UDP idle timeout)")
+                        "has left the flowtable (default 65: room for the 30 s UDP idle timeout after the traffic, plus the GC)")
     p.add_argument("--quick", action="store_true", help=f"a shorter run ({QUICK_DURATION:.0f} s), for tests")
     p.add_argument("--bmv2", default=None, help="simple_switch_grpc to use (default: the one on PATH)")
     p.add_argument("--p4c", default=None, help="p4c-bm2-ss to use (default: the one on PATH)")
