@@ -13,11 +13,10 @@ from .offload import EntryWriter, OffloadEngine, StatsReader
 from .p4map import Code, FlowUpdate, Op, PipelineCaps, SwitchEntry, UpdateResult, caps_from_p4info
 from .policy import FlowtableConfig, PolicyError, parse_flowtable
 from .reconcile import ReconcilePlan, plan_reconcile
-from .runner import FlowtableRunner
 
 __all__ = [
     "ActionList", "Clock", "Code", "ConnRef", "Dir", "EntryWriter", "FastPath", "Flow", "FlowAction",
-    "FlowDirection", "FlowFlag", "FlowTable", "FlowTuple", "FlowUpdate", "FlowtableConfig", "FlowtableRunner",
+    "FlowDirection", "FlowFlag", "FlowTable", "FlowTuple", "FlowUpdate", "FlowtableConfig",
     "Forwarded", "HwStats", "IdleVerdict", "OfferResult", "OffloadEngine", "Op", "PipelineCaps", "PolicyError",
     "ReconcilePlan", "StatsReader", "SwitchEntry", "UpdateResult", "caps_from_p4info", "parse_flowtable",
     "plan_reconcile",

@@ -10,7 +10,7 @@ from ftutil import FakeConn, FakeSwitch, directions, nat_tuples
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from runtime.flowtable import FastPath, FlowTable, FlowtableRunner, OffloadEngine, PipelineCaps
+from runtime.flowtable import FastPath, FlowTable, OffloadEngine, PipelineCaps
 from runtime.flowtable.model import monotonic_clock
 from runtime.flowtable.policy import FlowtableConfig
 
@@ -45,16 +45,29 @@ def test_packet_gc_and_worker_threads_together() -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    with FlowtableRunner(ft, eng, gc_interval_s=0.02):
+    stop = threading.Event()
+
+    def gc() -> None:  # the controller's tick, every 20 ms here
+        while not stop.wait(0.02):
+            ft.gc()
+
+    gc_thread = threading.Thread(target=gc)
+    gc_thread.start()
+    eng.start()
+    try:
         threads = [threading.Thread(target=packets) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        time.sleep(1.5)  # everything idles out: 1 s timeouts, GC every 20 ms
-        deadline = time.monotonic() + 3
+        # everything idles out: 1 s timeouts, GC every 20 ms
+        deadline = time.monotonic() + 4.5
         while (len(ft) or sw.entries) and time.monotonic() < deadline:
             time.sleep(0.05)
+    finally:
+        stop.set()
+        gc_thread.join()
+        eng.stop()
     assert not errors
     assert len(ft) == 0 and sw.entries == {}, "no flow left, no entry left on the switch"
     assert ft.scheduled() == 0
