@@ -133,6 +133,12 @@ class Controller:
                 return f
         return None
 
+    def wait_flow(self, proto: str, dport: int, *, sport: int | None = None, state: str = "hw_offloaded",
+                  timeout: float = 10, what: str = "") -> dict[str, Any]:
+        """Wait until the flow is listed in ``state``; return its record."""
+        return wait_for(lambda: (f := self.flow(proto, dport, sport=sport)) and f["state"] == state and f, timeout,
+                        what or f"{proto} :{dport} to be {state}")
+
     def entries(self) -> list[dict[str, Any]]:
         return list(self.q("entries"))
 
@@ -194,6 +200,14 @@ def lab(request: pytest.FixtureRequest, build_dir: Path, router_config_path: Pat
         yield lab
 
 
+def start_transfer(lab: Lab, dst: str, size: int, pause: float, port: int = 5002) -> tuple[subprocess.Popen[str], int]:
+    """A TCP transfer from A, paced by ``pause`` per 64 KiB; returns the client and its source port."""
+    proc = lab.a.popen(sys.executable, "-c", TCP_CLIENT, dst, str(port), str(size), str(pause),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline().split()[1])
+
+
 def entries_of(lab: Lab, flow_id: int) -> list[dict[str, Any]]:
     return [e for e in lab.ctl.entries() if e["flow"] == flow_id]
 
@@ -226,13 +240,9 @@ def test_tcp_bulk_transfer_is_offloaded(lab: Lab) -> None:
     srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5002")
     size = 8 * 1024 * 1024
     before = lab.ctl.packet_in()
-    proc = lab.a.popen(sys.executable, "-c", TCP_CLIENT, B_ADDR, "5002", str(size), "0.01",
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc, sport = start_transfer(lab, B_ADDR, size, 0.01)
     try:
-        assert proc.stdout is not None
-        sport = int(proc.stdout.readline().split()[1])
-        flow = wait_for(lambda: (f := lab.ctl.flow("tcp", 5002, sport=sport)) and f["state"] == "hw_offloaded" and f,
-                        10, "the transfer's flow to reach [HW_OFFLOAD]")
+        flow = lab.ctl.wait_flow("tcp", 5002, sport=sport, timeout=10, what="the transfer's flow to reach [HW_OFFLOAD]")
         assert flow["tag"] == "[HW_OFFLOAD]"
         assert {e["dir"] for e in entries_of(lab, flow["id"])} == {"original", "reply"}
         # masquerade on the switch: the original direction's entry rewrites A to the WAN address
@@ -257,8 +267,7 @@ def test_tcp_bulk_transfer_is_offloaded(lab: Lab) -> None:
     assert punted < 100, f"{punted} packet-ins for an offloaded transfer"
 
     # FIN: closing, entries gone from the switch, the flow kept in software until the close timeout
-    fin_flow = wait_for(lambda: (f := lab.ctl.flow("tcp", 5002, sport=sport)) and f["state"] == "closing" and f,
-                        2, "the flow to be closing after FIN")
+    fin_flow = lab.ctl.wait_flow("tcp", 5002, sport=sport, state="closing", timeout=2, what="the flow to be closing after FIN")
     wait_for(lambda: not entries_of(lab, fin_flow["id"]), 1.0, "its entries to leave the switch within a second")
     # the accounting includes what the switch forwarded (read before the entries were deleted)
     assert fin_flow["orig"]["bytes"] + fin_flow["reply"]["bytes"] >= size, fin_flow
@@ -315,10 +324,8 @@ def test_udp_idle_flow_expires_active_flow_is_kept_alive(lab: Lab) -> None:
         active = lab.a.popen(sys.executable, "-c", UDP_CLIENT, B_ADDR, "5353", str(int(4 * UDP_TIMEOUT / 0.3)), "0.3",
                              "41000", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         lab.a.run(sys.executable, "-c", UDP_CLIENT, B_ADDR, "5353", "3", "0.2", "42000", timeout=30)
-        idle = wait_for(lambda: (f := lab.ctl.flow("udp", 5353, sport=42000)) and f["state"] == "hw_offloaded" and f,
-                        5, "the short UDP flow to be offloaded")
-        live = wait_for(lambda: (f := lab.ctl.flow("udp", 5353, sport=41000)) and f["state"] == "hw_offloaded" and f,
-                        5, "the long UDP flow to be offloaded")
+        idle = lab.ctl.wait_flow("udp", 5353, sport=42000, timeout=5, what="the short UDP flow to be offloaded")
+        live = lab.ctl.wait_flow("udp", 5353, sport=41000, timeout=5, what="the long UDP flow to be offloaded")
         pin = lab.ctl.packet_in()
         wait_for(lambda: lab.ctl.flow("udp", 5353, sport=42000) is None, UDP_TIMEOUT + 4,
                  "the idle UDP flow to expire")
@@ -370,12 +377,8 @@ def test_policy_keeps_excluded_flows_on_the_slow_path(lab: Lab) -> None:
 def test_ipv6_tcp_is_offloaded_without_nat(lab: Lab) -> None:
     srv = start_server(lab.b, TCP_SERVER, "::", "5002")
     try:
-        proc = lab.a.popen(sys.executable, "-c", TCP_CLIENT, "2001:db8:2::20", "5002", str(2 * 1024 * 1024), "0.02",
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert proc.stdout is not None
-        sport = int(proc.stdout.readline().split()[1])
-        flow = wait_for(lambda: (f := lab.ctl.flow("tcp", 5002, sport=sport)) and f["state"] == "hw_offloaded" and f,
-                        10, "the IPv6 flow to reach [HW_OFFLOAD]")
+        proc, sport = start_transfer(lab, "2001:db8:2::20", 2 * 1024 * 1024, 0.02)
+        flow = lab.ctl.wait_flow("tcp", 5002, sport=sport, timeout=10, what="the IPv6 flow to reach [HW_OFFLOAD]")
         assert {e["table"] for e in entries_of(lab, flow["id"])} == {"flow_v6"}
         assert {e["action"] for e in entries_of(lab, flow["id"])} == {"offload"}
         stdout, _ = proc.communicate(timeout=60)
@@ -387,20 +390,15 @@ def test_ipv6_tcp_is_offloaded_without_nat(lab: Lab) -> None:
 def test_controller_sigkill_mid_transfer_and_restart(lab: Lab) -> None:
     srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5002")
     size = 6 * 1024 * 1024
-    proc = lab.a.popen(sys.executable, "-c", TCP_CLIENT, B_ADDR, "5002", str(size), "0.05",
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc, sport = start_transfer(lab, B_ADDR, size, 0.05)
     try:
-        assert proc.stdout is not None
-        sport = int(proc.stdout.readline().split()[1])
-        before = wait_for(lambda: (f := lab.ctl.flow("tcp", 5002, sport=sport)) and f["state"] == "hw_offloaded" and f,
-                          10, "the transfer to be offloaded")
+        before = lab.ctl.wait_flow("tcp", 5002, sport=sport, timeout=10, what="the transfer to be offloaded")
         lab.ctl.kill()
         time.sleep(1)  # the switch forwards on its own meanwhile
         assert proc.poll() is None, "the transfer should still be running"
         lab.ctl.start()
         # the restarted controller read the entries back and rebuilt the connection from them
-        after = wait_for(lambda: (f := lab.ctl.flow("tcp", 5002, sport=sport)) and f["state"] == "hw_offloaded" and f,
-                         5, "the restarted controller to adopt the live flow")
+        after = lab.ctl.wait_flow("tcp", 5002, sport=sport, timeout=5, what="the restarted controller to adopt the live flow")
         assert after["orig"]["src"] == before["orig"]["src"] and after["reply"]["dst"] == WAN_ADDR
         assert lab.ctl.stats()["flowtable"]["rebuilt"] >= 1
         assert_switch_matches_flowtable(lab)
@@ -422,8 +420,7 @@ def test_switch_restart_reinstalls_flows(lab: Lab) -> None:
     try:
         sender = lab.a.popen(sys.executable, "-c", UDP_CLIENT, B_ADDR, "5356", "60", "0.2", "44000",
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        flow = wait_for(lambda: (f := lab.ctl.flow("udp", 5356)) and f["state"] == "hw_offloaded" and f,
-                        5, "the UDP flow to be offloaded")
+        flow = lab.ctl.wait_flow("udp", 5356, timeout=5, what="the UDP flow to be offloaded")
         lab.restart_switch()
         # the controller reconnects, pushes the pipeline again and re-installs the flow
         wait_for(settled(lambda: len(entries_of(lab, flow["id"])) == 2), 20,
@@ -508,14 +505,11 @@ def shell_bytes(value: int) -> str:
 
 def test_p4runtime_shell_as_backup_reads_live_offloaded_flows(lab: Lab) -> None:
     srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5002")
-    proc = lab.a.popen(sys.executable, "-c", TCP_CLIENT, B_ADDR, "5002", str(4 * 1024 * 1024), "0.02",
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc, sport = start_transfer(lab, B_ADDR, 4 * 1024 * 1024, 0.02)
     try:
-        assert proc.stdout is not None
-        sport = int(proc.stdout.readline().split()[1])
-        wait_for(lambda: (f := lab.ctl.flow("tcp", 5002, sport=sport)) and f["state"] == "hw_offloaded", 10,
-                 "the transfer to be offloaded")
-        time.sleep(0.5)  # let some packets hit the entries
+        flow = lab.ctl.wait_flow("tcp", 5002, sport=sport, what="the transfer to be offloaded")
+        wait_for(lambda: sum(e["packets"] or 0 for e in entries_of(lab, flow["id"])) > 0, 5,
+                 "the switch to count packets on the flow's entries")
         # the unmodified p4runtime-shell CLI, fed the README's lines
         out = subprocess.run([sys.executable, "-m", "p4runtime_sh", "--grpc-addr", lab.switch.grpc_addr,
                               "--device-id", "1", "--election-id", "0,1"], input=SHELL_INPUT, capture_output=True,
@@ -555,10 +549,7 @@ def test_software_flowtable_forwards_without_hardware_entries(sw_lab: Lab) -> No
     srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5002")
     size = 2 * 1024 * 1024
     try:
-        proc = lab.a.popen(sys.executable, "-c", TCP_CLIENT, B_ADDR, "5002", str(size), "0.01",
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert proc.stdout is not None
-        sport = int(proc.stdout.readline().split()[1])
+        proc, sport = start_transfer(lab, B_ADDR, size, 0.01)
         flow = wait_for(lambda: lab.ctl.flow("tcp", 5002, sport=sport), 10, "the flow in the software flowtable")
         assert flow["tag"] == "[OFFLOAD]" and flow["state"] == "offloaded"
         stdout, _ = proc.communicate(timeout=120)
