@@ -336,9 +336,10 @@ class Offloader:
         for e in read_flow_entries(self.client, self.caps, counters=True):
             se: SwitchEntry = to_switch_entry(e)
             t = entry_tuple(e, self.caps)
-            hit = self.ft.find(t) if t is not None else None
-            width = 4 if se.table == self.caps.tables.get(4) else 16
-            m = se.match
+            if t is None:
+                continue
+            hit = self.ft.find(t)
+            width = 4 if t.family == 4 else 16
             params: dict[str, Any] = {}
             for k, v in se.params.items():
                 if k in ("smac", "dmac"):
@@ -349,10 +350,8 @@ class Offloader:
                     params[k] = v
             out.append({
                 "table": se.table,
-                "match": {"in_port": m.get("in_port"),
-                          "src_addr": str(ipaddress.ip_address(int(m["src_addr"]).to_bytes(width, "big"))),
-                          "dst_addr": str(ipaddress.ip_address(int(m["dst_addr"]).to_bytes(width, "big"))),
-                          "proto": m.get("proto"), "src_port": m.get("src_port"), "dst_port": m.get("dst_port")},
+                "match": {"in_port": t.in_port, "src_addr": str(t.src_ip), "dst_addr": str(t.dst_ip),
+                          "proto": t.proto, "src_port": t.sport, "dst_port": t.dport},
                 "action": se.action, "params": params, "idle_timeout_ns": se.idle_timeout_ns,
                 "packets": e.counter.packets if e.counter else None, "bytes": e.counter.bytes if e.counter else None,
                 "since_last_hit_ms": (e.time_since_last_hit_ns // 1_000_000

@@ -212,16 +212,28 @@ class DecodedEntry:
     leaves_as: builtins.tuple[bytes, bytes, int, int]  # (src, dst, sport, dport) after NAT
 
 
-def decode_entry(entry: SwitchEntry, caps: PipelineCaps) -> DecodedEntry | None:
-    """The inverse of :func:`entry_for`; ``None`` for an entry of another table or a shape we never write."""
-    fam = next((f for f, name in caps.tables.items() if name == entry.table), None)
-    if fam is None or entry.action not in (ACTION_OFFLOAD, ACTION_OFFLOAD_NAT):
+def tuple_of(table: str, match: Mapping[str, Any], caps: PipelineCaps) -> FlowTuple | None:
+    """The inverse of :func:`match_of`: the flow tuple a flow-table key stands for (``None`` for another
+    table or a key we never write). Also for idle notices, which carry the key but maybe no action."""
+    fam = next((f for f, name in caps.tables.items() if name == table), None)
+    if fam is None:
         return None
     width = 4 if fam == 4 else 16
     try:
-        m = {k: int.from_bytes(v, "big") if isinstance(v, bytes) else int(v) for k, v in entry.match.items()}
-        t = FlowTuple(m["in_port"], m["src_addr"].to_bytes(width, "big"), m["dst_addr"].to_bytes(width, "big"),
-                      m["proto"], m["src_port"], m["dst_port"])
+        m = {k: int.from_bytes(v, "big") if isinstance(v, bytes) else int(v) for k, v in match.items()}
+        return FlowTuple(m["in_port"], m["src_addr"].to_bytes(width, "big"), m["dst_addr"].to_bytes(width, "big"),
+                         m["proto"], m["src_port"], m["dst_port"])
+    except (KeyError, OverflowError, ValueError, TypeError):
+        return None
+
+
+def decode_entry(entry: SwitchEntry, caps: PipelineCaps) -> DecodedEntry | None:
+    """The inverse of :func:`entry_for`; ``None`` for an entry of another table or a shape we never write."""
+    t = tuple_of(entry.table, entry.match, caps)
+    if t is None or entry.action not in (ACTION_OFFLOAD, ACTION_OFFLOAD_NAT):
+        return None
+    width = 4 if t.family == 4 else 16
+    try:
         p = entry.params
         smac, dmac = p["smac"].to_bytes(6, "big"), p["dmac"].to_bytes(6, "big")
         if entry.action == ACTION_OFFLOAD_NAT:

@@ -10,7 +10,7 @@ continue-on-error ``Write``, counters and ``time_since_last_hit`` from a ``Read`
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from p4.v1 import p4runtime_pb2
 
@@ -20,7 +20,7 @@ from ..errors import P4RuntimeError
 from .core import HwStats
 from .model import FlowTuple
 from .offload import EntryRef
-from .p4map import Code, FlowUpdate, PipelineCaps, SwitchEntry, UpdateResult
+from .p4map import Code, FlowUpdate, PipelineCaps, SwitchEntry, UpdateResult, tuple_of
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +45,8 @@ def to_switch_entry(e: TableEntry) -> SwitchEntry:
 
 
 def entry_tuple(e: TableEntry, caps: PipelineCaps) -> FlowTuple | None:
-    """The flow tuple of a flow-table entry, using the table to tell IPv4 from IPv6."""
-    short = _short(e.table)
-    fam = next((f for f, name in caps.tables.items() if name == short), None)
-    if fam is None:
-        return None
-    width = 4 if fam == 4 else 16
-    m = e.match
-    try:
-        return FlowTuple(int(m["in_port"]), int(m["src_addr"]).to_bytes(width, "big"),
-                         int(m["dst_addr"]).to_bytes(width, "big"), int(m["proto"]), int(m["src_port"]),
-                         int(m["dst_port"]))
-    except (KeyError, TypeError, ValueError, OverflowError):
-        return None
+    """The flow tuple of a flow-table entry read from the switch (or named in an idle notice)."""
+    return tuple_of(_short(e.table), e.match, caps)
 
 
 class P4RuntimeWriter:
@@ -97,25 +86,17 @@ class P4RuntimeReader:
     def read_stats(self, entries: Sequence[EntryRef]) -> list[HwStats | None]:
         if not entries:
             return []
-        found: dict[tuple[str, tuple[tuple[str, int], ...]], TableEntry] = {}
+        found: dict[_Key, TableEntry] | None = None
         if len(entries) <= SINGLE_READ_LIMIT:
             try:
-                for e in self._read_each(entries):
-                    found[_key(e)] = e
+                found = {_key(e.table, e.match): e for e in self._read_each(entries)}
             except P4RuntimeError as exc:
                 log.debug("per-entry read failed (%s); reading the whole tables", exc)
-                found = {}
-                for table in {t for t, _ in entries}:
-                    for e in self._read_table(table):
-                        found[_key(e)] = e
-        else:
-            for table in {t for t, _ in entries}:
-                for e in self._read_table(table):
-                    found[_key(e)] = e
+        if found is None:
+            found = {_key(e.table, e.match): e for table in {t for t, _ in entries} for e in self._read_table(table)}
         out: list[HwStats | None] = []
         for table, match in entries:
-            hit = found.get((table, tuple(sorted((k, int(v) if not isinstance(v, bytes) else int.from_bytes(v, "big"))
-                                                   for k, v in match.items()))))
+            hit = found.get(_key(table, match))
             if hit is None:
                 out.append(None)
                 continue
@@ -146,8 +127,13 @@ class P4RuntimeReader:
         return [TableEntry.decode(e.table_entry, p4info) for e in ents if e.HasField("table_entry")]
 
 
-def _key(e: TableEntry) -> tuple[str, tuple[tuple[str, int], ...]]:
-    return _short(e.table), tuple(sorted((k, int(v)) for k, v in e.match.items() if not isinstance(v, tuple)))
+_Key = tuple[str, tuple[tuple[str, int], ...]]
+
+
+def _key(table: str, match: Mapping[str, object]) -> _Key:
+    """One entry's identity, the same for what we asked for and what the switch answered."""
+    return _short(table), tuple(sorted((k, int.from_bytes(v, "big") if isinstance(v, bytes) else int(v))  # type: ignore[call-overload]
+                                       for k, v in match.items() if not isinstance(v, tuple)))
 
 
 def read_flow_entries(client: SwitchClient, caps: PipelineCaps, *, counters: bool = False) -> list[TableEntry]:
