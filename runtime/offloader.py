@@ -139,12 +139,20 @@ class Offloader:
 
     # ------------------------------------------------------------------------------ offering
 
-    def _direction(self, conn: Conn, d: Dir) -> FlowDirection | None:
-        iif, actions = conn.iif[d], conn.actions[d]
-        if iif is None or actions is None:
+    @staticmethod
+    def _tuple(conn: Conn, d: Dir) -> FlowTuple | None:
+        """How direction ``d``'s packets arrive at the switch: conntrack's tuple plus the ingress port."""
+        iif = conn.iif[d]
+        if iif is None:
             return None
         t = conn.tuples[d]
-        fd = FlowDirection(FlowTuple(iif, t.src, t.dst, t.proto, t.sport, t.dport), actions)
+        return FlowTuple(iif, t.src, t.dst, t.proto, t.sport, t.dport)
+
+    def _direction(self, conn: Conn, d: Dir) -> FlowDirection | None:
+        t, actions = self._tuple(conn, d), conn.actions[d]
+        if t is None or actions is None:
+            return None
+        fd = FlowDirection(t, actions)
         port = self.config.ports.get(fd.out_port)
         if port is not None:
             fd.mtu = port.mtu
@@ -167,11 +175,8 @@ class Offloader:
             self.conntrack.set_offload(conn)
 
     def _flow_of(self, conn: Conn) -> Flow | None:
-        iif = conn.iif[0]
-        if iif is None:
-            return None
-        t = conn.tuples[0]
-        hit = self.ft.find(FlowTuple(iif, t.src, t.dst, t.proto, t.sport, t.dport))
+        t = self._tuple(conn, Dir.ORIGINAL)
+        hit = self.ft.find(t) if t is not None else None
         if hit is None or not isinstance(hit[0].conn, _CtHandle) or hit[0].conn.conn is not conn:
             return None
         return hit[0]
