@@ -42,7 +42,9 @@ class SwitchSpec:
     log_file: Path | None = None
     log_level: str | None = None  # trace, debug, info, warn, error, off
     extra: tuple[str, ...] = ()  # more target options (after --)
-    thrift_port: int | None = None  # BMv2's Thrift (simple_switch_CLI) port; None: its default 9090
+    # BMv2's Thrift (simple_switch_CLI) port; None: a free one, so that two BMv2s (two tests, two runs) never
+    # collide on BMv2's own default 9090.
+    thrift_port: int | None = None
 
 
 def find_bmv2(explicit: str | None = None) -> str | None:
@@ -68,8 +70,8 @@ def switch_argv(spec: SwitchSpec) -> list[str]:
     for number, iface in sorted(spec.ports.items()):
         argv += ["-i", f"{number}@{iface}"]
     argv.append("--no-p4")
-    if spec.thrift_port is not None:
-        argv += ["--thrift-port", str(spec.thrift_port)]
+    if spec.kind == "bmv2":
+        argv += ["--thrift-port", str(spec.thrift_port if spec.thrift_port is not None else free_port())]
     if spec.log_level:
         argv += ["--log-console", "--log-level", spec.log_level]
     argv += ["--", "--grpc-server-addr", spec.grpc_addr, "--cpu-port", str(spec.cpu_port), *spec.extra]
