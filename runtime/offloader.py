@@ -127,7 +127,6 @@ class Offloader:
         self.clock = clock
         self.post = post
         self._held: dict[int, _Held] = {}
-        self.held_packets = 0
         self.ft.listeners.append(self._flow_event)
         self.ft.listeners.append(self._hold_event)
         conntrack.subscribe(self._ct_event)
@@ -285,7 +284,7 @@ class Offloader:
         if held is None or held.flow is not hit[0]:
             return False
         held.frames.append((in_port, frame))
-        self.held_packets += 1
+        self.ft.count_exception("held_for_delete")  # shown with the fast path's exceptions
         if len(held.frames) >= self.HOLD_MAX_FRAMES:
             self._release(held)
         return True
@@ -412,7 +411,6 @@ class Offloader:
         d["hw_bytes"] = self.hw_bytes
         d["rebuilt"] = self.rebuilt
         d["reconciles"] = self.reconciles
-        d["held_packets"] = self.held_packets  # closing flows' packets that waited for their entries' delete
         d["policy"] = {"hw_offload": self.policy.hw_offload, "tcp_timeout_s": self.policy.tcp_timeout_s,
                        "udp_timeout_s": self.policy.udp_timeout_s, "close_timeout_s": self.policy.close_timeout_s,
                        "rules": len(self.policy.rules)}
