@@ -34,6 +34,8 @@ IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
 PROTO_NAMES = {IPPROTO_ICMP: "icmp", IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMPV6: "icmpv6"}
 
 Clock = Callable[[], int]
+#: NF_CT_DAY: a connection's own timeout while the flowtable holds it.
+OFFLOAD_TIMEOUT_NS = 86400 * NS
 
 
 class Dir(enum.IntEnum):
@@ -404,10 +406,21 @@ class Conntrack:
         (``OFFLOAD``) is not expired here: the flowtable's timeout governs it until it hands it back
         (``nf_ct_offload_timeout``)."""
         now = self.clock()
-        dead = [c for c in self.conns() if c.timeout_ns <= now and not c.status & Status.OFFLOAD]
+        dead = []
+        for c in self.conns():
+            if c.status & Status.OFFLOAD:
+                self._offload_timeout(c, now)
+            elif c.timeout_ns <= now:
+                dead.append(c)
         for c in dead:
             self.destroy(c)
         return dead
+
+    def _offload_timeout(self, conn: Conn, now: int) -> None:
+        """``nf_ct_offload_timeout``: while the flowtable holds a connection its own timeout is a day,
+        topped up whenever less than half a day is left (``conntrack -L`` shows ~86400 s)."""
+        if conn.timeout_ns - now < OFFLOAD_TIMEOUT_NS // 2:
+            conn.timeout_ns = now + OFFLOAD_TIMEOUT_NS
 
     def set_actions(self, conn: Conn, direction: Dir, actions: ActionList) -> None:
         """Record what the slow path did to this direction's packets (the flow_action list)."""
@@ -421,6 +434,8 @@ class Conntrack:
     def set_offload(self, conn: Conn, *, hw: bool | None = None) -> None:
         """The connection entered the flowtable (``IPS_OFFLOAD``); ``hw`` sets or clears ``IPS_HW_OFFLOAD``."""
         with self._lock:
+            if not conn.status & Status.OFFLOAD:
+                conn.timeout_ns = self.clock() + OFFLOAD_TIMEOUT_NS  # flow_offload_add: nf_ct_refresh(NF_CT_DAY)
             conn.status |= Status.OFFLOAD
             if hw is True:
                 conn.status |= Status.HW_OFFLOAD

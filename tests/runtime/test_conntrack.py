@@ -332,3 +332,22 @@ def test_challenge_ack_to_an_ignored_syn_is_not_the_last_ack() -> None:
     assert c.tcp_state == S.LAST_ACK
     ct.packet(c, R, length=52, tcp_flags=ACK, seq=5002, ack_seq=1002)
     assert c.tcp_state == S.TIME_WAIT
+
+
+def test_offloaded_connection_timeout_is_a_day_then_its_state_timeout_again() -> None:
+    """While the flowtable holds it, conntrack shows the day-long timeout the kernel sets (NF_CT_DAY, topped
+    up by the GC); handed back (at a FIN), its TCP state's timeout applies again, once."""
+    clock = Clock()
+    ct = Conntrack(clock)
+    c, _ = _established(ct)
+    ct.set_offload(c, hw=True)
+    [r] = ct.snapshot()
+    assert r.timeout_s == 86400 and "HW_OFFLOAD" in r.status
+    clock.advance(50000)
+    assert ct.gc() == [] and (c.timeout_ns - clock.now) // NS == 86400
+    ct.fixup(c)
+    assert not c.status & Status.OFFLOAD and (c.timeout_ns - clock.now) // NS == 5 * 86400
+    _walk(ct, clock, c, [(O, FIN | ACK, S.FIN_WAIT, 120), (R, FIN | ACK, S.LAST_ACK, 30), (O, ACK, S.TIME_WAIT, 120)])
+    clock.advance(10)
+    ct.fixup(c)  # the flow's teardown after the close timeout must not restart TIME_WAIT
+    assert (c.timeout_ns - clock.now) // NS == 110

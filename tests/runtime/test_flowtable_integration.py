@@ -355,6 +355,7 @@ def _closed_offloaded_connection_reaches_time_wait(lab: Lab) -> None:
         flow = lab.ctl.wait_flow("tcp", 5002, sport=sport, timeout=10, what="the transfer's flow to reach [HW_OFFLOAD]")
         [live] = conntrack_of(lab, sport, 5002)
         assert live["state"] == "ESTABLISHED" and "HW_OFFLOAD" in live["status"], live
+        assert 86000 < live["timeout"] <= 86400, "offloaded: the day-long timeout the flowtable sets"
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
