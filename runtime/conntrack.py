@@ -34,6 +34,8 @@ IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
 PROTO_NAMES = {IPPROTO_ICMP: "icmp", IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMPV6: "icmpv6"}
 
 Clock = Callable[[], int]
+#: NF_CT_DAY: a connection's own timeout while the flowtable holds it.
+OFFLOAD_TIMEOUT_NS = 86400 * NS
 
 
 class Dir(enum.IntEnum):
@@ -120,6 +122,28 @@ TCP_CONNTRACKS: tuple[tuple[tuple[int, ...], ...], ...] = (
 
 TCP_SYN_SET, TCP_SYNACK_SET, TCP_FIN_SET, TCP_ACK_SET, TCP_RST_SET, TCP_NONE_SET = range(6)
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+SEQ_MOD = 1 << 32
+
+
+def segment_end(seq: int, payload: int, flags: int) -> int:
+    """``segment_seq_plus_len``: the sequence number after this segment (SYN and FIN count one each)."""
+    return (seq + payload + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)) % SEQ_MOD
+
+
+@dataclass(slots=True)
+class TcpTrack:
+    """The part of ``struct ip_ct_tcp`` the state machine needs without window tracking: the last packet
+    conntrack let through (``last_index/last_dir``; for an ignored one also ``last_seq/last_end``), whether
+    each direction started a close (``IP_CT_TCP_FLAG_CLOSE_INIT``), and the ``last_flags`` bits for a
+    possible RFC 5961 challenge ACK and a simultaneous open."""
+
+    last_index: int = TCP_NONE_SET
+    last_dir: int = -1
+    last_seq: int = 0
+    last_end: int = 0
+    close_init: list[bool] = field(default_factory=lambda: [False, False])
+    challenge_ack: bool = False  # IP_CT_EXP_CHALLENGE_ACK: a SYN was ignored in LAST_ACK
+    simultaneous_open: bool = False  # IP_CT_TCP_SIMULTANEOUS_OPEN
 
 
 def tcp_index(flags: int) -> int:
@@ -200,6 +224,7 @@ class Conn:
     picked_up: bool = False  # created from a mid-stream TCP packet (loose)
     offloadable_fired: bool = False
     offload_refused: str = ""  # why the flowtable turned it down for good (policy, protocol); not re-offered
+    tcp: TcpTrack = field(default_factory=TcpTrack)
 
     @property
     def proto(self) -> int:
@@ -381,10 +406,21 @@ class Conntrack:
         (``OFFLOAD``) is not expired here: the flowtable's timeout governs it until it hands it back
         (``nf_ct_offload_timeout``)."""
         now = self.clock()
-        dead = [c for c in self.conns() if c.timeout_ns <= now and not c.status & Status.OFFLOAD]
+        dead = []
+        for c in self.conns():
+            if c.status & Status.OFFLOAD:
+                self._offload_timeout(c, now)
+            elif c.timeout_ns <= now:
+                dead.append(c)
         for c in dead:
             self.destroy(c)
         return dead
+
+    def _offload_timeout(self, conn: Conn, now: int) -> None:
+        """``nf_ct_offload_timeout``: while the flowtable holds a connection its own timeout is a day,
+        topped up whenever less than half a day is left (``conntrack -L`` shows ~86400 s)."""
+        if conn.timeout_ns - now < OFFLOAD_TIMEOUT_NS // 2:
+            conn.timeout_ns = now + OFFLOAD_TIMEOUT_NS
 
     def set_actions(self, conn: Conn, direction: Dir, actions: ActionList) -> None:
         """Record what the slow path did to this direction's packets (the flow_action list)."""
@@ -398,6 +434,8 @@ class Conntrack:
     def set_offload(self, conn: Conn, *, hw: bool | None = None) -> None:
         """The connection entered the flowtable (``IPS_OFFLOAD``); ``hw`` sets or clears ``IPS_HW_OFFLOAD``."""
         with self._lock:
+            if not conn.status & Status.OFFLOAD:
+                conn.timeout_ns = self.clock() + OFFLOAD_TIMEOUT_NS  # flow_offload_add: nf_ct_refresh(NF_CT_DAY)
             conn.status |= Status.OFFLOAD
             if hw is True:
                 conn.status |= Status.HW_OFFLOAD
@@ -406,8 +444,11 @@ class Conntrack:
 
     def fixup(self, conn: Conn) -> None:
         """``flow_offload_fixup_ct``: the flowtable let the connection go; conntrack's own timeout for its
-        current state applies again from now."""
+        current state applies again from now. Only once: a closing flow hands its connection back at the
+        first FIN/RST and again when it is torn down, and the second must not extend a TIME_WAIT."""
         with self._lock:
+            if not conn.status & Status.OFFLOAD:
+                return
             conn.status &= ~(Status.OFFLOAD | Status.HW_OFFLOAD)
             t = self.timeouts
             if conn.proto == IPPROTO_TCP:
@@ -462,12 +503,16 @@ class Conntrack:
             return icmp_echo_request
         return True
 
-    def packet(self, conn: Conn, direction: Dir, *, length: int, tcp_flags: int = 0, in_port: int | None = None) -> Verdict:
-        """Account one packet of ``direction`` and move the connection's state (``nf_conntrack_in``)."""
+    def packet(self, conn: Conn, direction: Dir, *, length: int, tcp_flags: int = 0, in_port: int | None = None,
+               seq: int = 0, ack_seq: int = 0, payload: int = 0) -> Verdict:
+        """Account one packet of ``direction`` and move the connection's state (``nf_conntrack_in``).
+
+        For TCP, ``seq``/``ack_seq``/``payload`` (the segment's data length) let conntrack recognise the
+        SYN/ACK that answers a SYN it ignored; windows are not tracked."""
         with self._lock:
             proto = conn.proto
             if proto == IPPROTO_TCP:
-                verdict = self._tcp(conn, direction, tcp_flags)
+                verdict = self._tcp(conn, direction, tcp_flags, seq, ack_seq, payload)
             elif proto == IPPROTO_UDP:
                 verdict = self._udp(conn, direction)
             elif proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
@@ -503,8 +548,11 @@ class Conntrack:
             conn.status |= Status.ASSURED
             self._emit(CtEvent.ASSURED, conn)
 
-    def _tcp(self, conn: Conn, direction: Dir, flags: int) -> Verdict:
+    def _tcp(self, conn: Conn, direction: Dir, flags: int, seq: int, ack_seq: int, payload: int) -> Verdict:
+        """``nf_conntrack_tcp_packet`` without window tracking (``tcp_in_window`` always agrees)."""
         old = conn.tcp_state
+        index = tcp_index(flags)
+        tcp = conn.tcp
         if old == TcpState.NONE:  # tcp_new
             new = tcp_next(TcpState.NONE, Dir.ORIGINAL, flags)
             if new == TcpState.ESTABLISHED:
@@ -515,18 +563,48 @@ class Conntrack:
                 return Verdict.INVALID
         else:
             new = tcp_next(old, direction, flags)
+        if new == TcpState.SYN_SENT and old >= TcpState.TIME_WAIT and old != TcpState.SYN_SENT2:
+            # RFC 1122 reopen from TIME_WAIT (or CLOSE): when a close was started, or the last packet this
+            # way was a RST, the kernel kills the old entry (nf_ct_kill) and repeats the lookup (-NF_REPEAT)
+            # so the SYN creates a new connection. Otherwise the SYN is only ignored, as below.
+            if any(tcp.close_init) or (tcp.last_dir == direction and tcp.last_index == TCP_RST_SET):
+                self.destroy(conn)
+                return Verdict.REOPEN
+            new = IGNORE
         if new == IGNORE:
-            return Verdict.ACCEPT  # accepted, no state change, no refresh (the kernel's sIG)
-        if new == INVALID:
+            if (index == TCP_SYNACK_SET and tcp.last_index == TCP_SYN_SET and tcp.last_dir != direction
+                    and ack_seq == tcp.last_end):
+                # This SYN/ACK answers a SYN we ignored: client and server are in sync, we are not. Get in
+                # sync as if the ignored SYN had opened the connection (a new one on the same tuple).
+                old, new = TcpState.SYN_SENT, TcpState.SYN_RECV
+                tcp.challenge_ack = False
+                tcp.close_init = [False, False]
+                tcp.simultaneous_open = False
+            else:
+                # Accepted without a state change or refresh; remembered in case the peer answers it.
+                tcp.last_index, tcp.last_dir = index, int(direction)
+                tcp.last_seq, tcp.last_end = seq, segment_end(seq, payload, flags)
+                if index == TCP_SYN_SET and direction is Dir.ORIGINAL:
+                    # In LAST_ACK the answer may be a challenge ACK (RFC 5961), not the ACK of the last FIN.
+                    tcp.challenge_ack = old == TcpState.LAST_ACK
+                return Verdict.ACCEPT
+        elif new == INVALID:
             return Verdict.INVALID
+        elif new == TcpState.TIME_WAIT:
+            if (old == TcpState.LAST_ACK and index == TCP_ACK_SET and tcp.last_dir != direction
+                    and tcp.last_index == TCP_SYN_SET and tcp.challenge_ack):
+                tcp.challenge_ack = False
+                return Verdict.ACCEPT  # a challenge ACK to an ignored SYN: not the last ACK
+        elif new == TcpState.SYN_SENT2:
+            tcp.simultaneous_open = True  # the table alone cannot follow a simultaneous open
+        elif (new == TcpState.SYN_RECV and direction is Dir.REPLY and index == TCP_ACK_SET
+              and tcp.simultaneous_open):
+            new = TcpState.ESTABLISHED
         new_state = TcpState(new)
-        if (new_state == TcpState.SYN_SENT and direction is Dir.ORIGINAL and old >= TcpState.TIME_WAIT
-                and old != TcpState.SYN_SENT2):
-            # Reopened connection (RFC 1122): the kernel kills the old one and tracks the SYN as new.
-            self.destroy(conn)
-            return Verdict.REOPEN
+        tcp.last_index, tcp.last_dir = index, int(direction)
         conn.tcp_state = new_state
-        index = tcp_index(flags)
+        if old != new_state and new_state == TcpState.FIN_WAIT:
+            tcp.close_init[direction] = True
         t = self.timeouts
         timeout = t.tcp[new_state]
         if index == TCP_RST_SET:

@@ -57,7 +57,8 @@ class Controller:
         self.conntrack = Conntrack(clock, timeouts=timeouts, tcp_loose=tcp_loose)
         self.slowpath = SlowPath(config, clock=clock, emit=self._emit, conntrack=self.conntrack)
         self.conntrack.subscribe(self._log_event)
-        self.offloader = Offloader(config, pipeline, self.conntrack, self.slowpath, self.client, self._emit, clock)
+        self.offloader = Offloader(config, pipeline, self.conntrack, self.slowpath, self.client, self._emit, clock,
+                                   post=lambda fn: self._put(_Event("call", fn)))
         self.flush_on_stop = flush_on_stop
         try:
             self.punt_reasons = pipeline.p4info.serializable_enum(PUNT_ENUM)

@@ -8,6 +8,9 @@ This is the kernel's ``nft_flow_offload`` expression plus the glue around ``nf_f
   when it declines;
 - conntrack events move flows: a TCP state past ESTABLISHED (FIN/RST) makes the flow closing, a destroyed
   connection tears it down;
+- from its first FIN/RST on, every packet of a connection goes through conntrack; while the switch may still
+  hold the closing flow's entries, its punted packets (the FIN first) wait until the delete is done, so that
+  nothing the FIN provokes (the peer's ACK and FIN, the last ACK) can be forwarded by the switch unseen;
 - the switch's idle-timeout notices are checked against the flow before anything is removed;
 - reconciliation on start (adopt what the switch still forwards, rebuilding the connection; delete the rest)
   and on reconnection (re-install what a restarted switch lost).
@@ -22,6 +25,7 @@ import dataclasses
 import ipaddress
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from .actions import route_actions
@@ -32,7 +36,7 @@ from .entities import IdleTimeout, mac_str
 from .errors import ConfigError, P4RuntimeError
 from .flowtable.core import Flow, FlowDirection, FlowTable, IdleVerdict, OfferResult
 from .flowtable.fastpath import FastPath
-from .flowtable.model import FlowTuple
+from .flowtable.model import FlowFlag, FlowTuple
 from .flowtable.offload import OffloadEngine
 from .flowtable.p4map import PipelineCaps, SwitchEntry, caps_from_p4info, delete_for
 from .flowtable.p4rt import (
@@ -46,6 +50,7 @@ from .flowtable.p4rt import (
 from .flowtable.policy import FlowtableConfig, PolicyError, parse_flowtable
 from .flowtable.reconcile import EntryPair, plan_reconcile
 from .flowtable.status import snapshot_flows, snapshot_stats
+from .packet import PacketError, parse
 from .pipeline import Pipeline
 from .slowpath import SlowPath
 
@@ -85,9 +90,26 @@ def load_policy(config: RouterConfig) -> FlowtableConfig:
         raise ConfigError(f"{config.source}: {exc}") from None
 
 
+@dataclass(slots=True)
+class _Held:
+    """Punted packets of a closing flow kept back until the switch no longer holds its entries."""
+
+    flow: Flow
+    since_ns: int
+    frames: list[tuple[int, bytes]] = field(default_factory=list)
+
+
 class Offloader:
+    #: How long a closing flow's packets wait for its hardware delete at most (a switch that does not
+    #: answer must not swallow the close), and how many of them.
+    HOLD_MAX_NS = 1_000_000_000
+    HOLD_MAX_FRAMES = 64
+
     def __init__(self, config: RouterConfig, pipeline: Pipeline, conntrack: Conntrack, slowpath: SlowPath,
-                 client: SwitchClient, emit: Callable[[int, bytes], None], clock: Callable[[], int]) -> None:
+                 client: SwitchClient, emit: Callable[[int, bytes], None], clock: Callable[[], int], *,
+                 post: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """``post`` runs a function on the thread that owns the slow path (the controller's worker): held
+        packets are released from there as soon as the offload engine reports the delete done."""
         self.config = config
         self.policy = load_policy(config)
         self.conntrack = conntrack
@@ -102,7 +124,11 @@ class Offloader:
         self.hw_bytes = 0
         self.rebuilt = 0
         self.reconciles = 0
+        self.clock = clock
+        self.post = post
+        self._held: dict[int, _Held] = {}
         self.ft.listeners.append(self._flow_event)
+        self.ft.listeners.append(self._hold_event)
         conntrack.subscribe(self._ct_event)
         slowpath.on_forward.append(self._offer)
 
@@ -211,10 +237,13 @@ class Offloader:
     # ------------------------------------------------------------------------------ packets and ticks
 
     def fast_forward(self, in_port: int, frame: bytes) -> bool:
-        """The software fast path for a punted frame; False when the slow path must take it."""
+        """The software fast path for a punted frame; False when the slow path must take it. True also
+        when the frame is held back for a closing flow (see :meth:`_hold_event`)."""
+        if self._held:
+            self._release_ready()
         res = self.fast.forward(frame, in_port)
         if res is None:
-            return False
+            return bool(self._held) and self._hold(in_port, frame)
         handle = res.flow.conn
         if isinstance(handle, _CtHandle):
             self.conntrack.acct_add(handle.conn, res.direction, 1, len(res.frame) - 14)
@@ -223,6 +252,58 @@ class Offloader:
 
     def tick(self) -> None:
         self.ft.gc()
+        if self._held:
+            self._release_ready()
+
+    # ------------------------------------------------------------------------------ closing flows
+
+    def _hold_event(self, event: str, flow: Flow) -> None:
+        """Start holding a closing flow's punted packets while its entries may be on the switch; have them
+        released once they are gone. The switch forwards whatever its entries match until the delete is
+        done: without the hold, the peer's answer to the FIN (and the last ACK) could pass it unseen and
+        conntrack would stop short of TIME_WAIT. Runs under the flowtable's lock, on any thread: only
+        bookkeeping on the worker, otherwise a post to it."""
+        if event == "closing":
+            if flow.id not in self._held and (flow.hw_installed or flow.flags & FlowFlag.HW_PENDING):
+                self._held[flow.id] = _Held(flow, self.clock())
+        elif event in ("hw_removed", "teardown", "removed") and flow.id in self._held and self.post is not None:
+            self.post(self._release_ready)
+
+    def _hold(self, in_port: int, frame: bytes) -> bool:
+        """Keep ``frame`` back if it belongs to a flow whose packets are held (order kept)."""
+        try:
+            pkt = parse(frame)
+        except PacketError:
+            return False
+        if pkt.l4 < 0 or pkt.frag:
+            return False
+        hit = self.ft.find(FlowTuple(in_port, pkt.src, pkt.dst, pkt.proto, pkt.sport, pkt.dport))
+        if hit is None:
+            return False
+        held = self._held.get(hit[0].id)
+        if held is None or held.flow is not hit[0]:
+            return False
+        held.frames.append((in_port, frame))
+        self.ft.count_exception("held_for_delete")  # shown with the fast path's exceptions
+        if len(held.frames) >= self.HOLD_MAX_FRAMES:
+            self._release(held)
+        return True
+
+    def _release_ready(self) -> None:
+        """Pass the held packets of every flow whose entries are off the switch (or that waited too long)
+        to the slow path, in the order they came."""
+        now = self.clock()
+        with self.ft.lock:
+            ready = [h for h in self._held.values()
+                     if not (h.flow.hw_installed or h.flow.flags & FlowFlag.HW_PENDING)
+                     or h.flow.flags & FlowFlag.TEARDOWN or now - h.since_ns >= self.HOLD_MAX_NS]
+        for held in ready:
+            self._release(held)
+
+    def _release(self, held: _Held) -> None:
+        self._held.pop(held.flow.id, None)
+        for in_port, frame in held.frames:
+            self.slowpath.handle(in_port, frame)
 
     def on_idle_timeout(self, note: IdleTimeout) -> None:
         for entry in note.entries:

@@ -198,7 +198,8 @@ class SlowPath:
         direction = Dir.ORIGINAL
         if found is not None:
             conn, direction = found
-            verdict = self.conntrack.packet(conn, direction, length=length, tcp_flags=pkt.tcp_flags, in_port=pc.port)
+            verdict = self.conntrack.packet(conn, direction, length=length, tcp_flags=pkt.tcp_flags, in_port=pc.port,
+                                            **_tcp_segment(pkt))
             if verdict is Verdict.INVALID:
                 self.stats["drop_ct_invalid"] += 1
                 return
@@ -251,7 +252,8 @@ class SlowPath:
             return None
         conn = self.conntrack.new(t, iif=pc.port)
         self.conntrack.set_reply(conn, reply)
-        verdict = self.conntrack.packet(conn, Dir.ORIGINAL, length=length, tcp_flags=pkt.tcp_flags, in_port=pc.port)
+        verdict = self.conntrack.packet(conn, Dir.ORIGINAL, length=length, tcp_flags=pkt.tcp_flags, in_port=pc.port,
+                                        **_tcp_segment(pkt))
         if verdict is not Verdict.ACCEPT:
             self.stats["drop_ct_invalid"] += 1
             return None
@@ -473,6 +475,17 @@ class SlowPath:
                 self.emit(route.port, f)
             else:
                 self.neigh.resolve(route.port, nh, f)
+
+
+def _tcp_segment(pkt: P.Packet) -> dict[str, int]:
+    """A TCP segment's sequence number, acknowledgement number and data length, for conntrack (it matches
+    the SYN/ACK that answers a SYN it ignored against that SYN's end); empty for other packets."""
+    if pkt.proto != P.IPPROTO_TCP or pkt.l4 < 0:
+        return {}
+    d, off = pkt.data, pkt.l4
+    seq, ack_seq = struct.unpack_from("!II", d, off + 4)
+    payload = max(0, pkt.l3 + pkt.ip_len - off - (d[off + 12] >> 4) * 4)
+    return {"seq": seq, "ack_seq": ack_seq, "payload": payload}
 
 
 def _inner_tuple(d: bytearray, off: int, end: int, version: int) -> CtTuple | None:

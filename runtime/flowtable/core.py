@@ -13,8 +13,9 @@ Modelled on ``net/netfilter/nf_flow_table_core.c`` and ``nft_flow_offload.c``:
   for: the kernel walks every flow on every run, here each flow sits in a timer wheel of one-second slots at
   the next moment the GC has something to do for it (its expiry, the next hardware stats read, a pending
   teardown), so a run costs O(flows due), not O(flows).
-- FIN/RST (:meth:`FlowTable.mark_closing`) is the newer kernels' ``NF_FLOW_CLOSING``: the hardware entries
-  are removed, the software path keeps the flow until the close timeout, a SYN on a closing flow tears it
+- FIN/RST (:meth:`FlowTable.mark_closing`) is ``flow_offload_teardown`` from ``nf_flow_state_check``: the
+  hardware entries are removed and conntrack takes the connection back; the fast path hands every further
+  packet to the slow path (conntrack), the flow stays listed until the close timeout, a SYN on it tears it
   down (``nf_flow_state_check``).
 
 Everything takes time from an injected monotonic-ns clock. One re-entrant lock guards the table; the
@@ -58,7 +59,8 @@ class ConnRef(Protocol):
         ...
 
     def on_teardown(self) -> None:
-        """The flow is being torn down; conntrack takes the connection back with its normal timeouts."""
+        """The flow is being torn down, or starts closing; conntrack takes the connection back with its
+        normal timeouts (``flow_offload_teardown`` → ``flow_offload_fixup_ct``). May be called twice."""
         ...
 
 
@@ -399,8 +401,9 @@ class FlowTable:
             exc[reason] = exc.get(reason, 0) + 1
 
     def mark_closing(self, flow: Flow, close_timeout_ns: int | None = None) -> None:
-        """FIN or RST seen (``NF_FLOW_CLOSING``): remove the hardware entries now, keep forwarding on the
-        software path until ``close_timeout_ns`` from now (conntrack's close timeout; default from config).
+        """FIN or RST seen: remove the hardware entries now and hand the connection back to conntrack
+        (``flow_offload_teardown`` in ``nf_flow_state_check``); the flow is no longer forwarded by the fast
+        path and stays listed as closing until ``close_timeout_ns`` from now (default from config).
         Calling it again (another FIN, the last ACK) moves the deadline to the new value."""
         with self.lock:
             if flow.flags & F.TEARDOWN:
@@ -409,6 +412,9 @@ class FlowTable:
             if not flow.flags & F.CLOSING:
                 flow.flags |= F.CLOSING
                 self.counters.closed += 1
+                # Conntrack sees every packet from now on (the fast path passes closing flows to the slow
+                # path), so its TCP timeouts govern: FIN_WAIT ... TIME_WAIT as on the classic path.
+                flow.conn.on_teardown()
                 self._notify("closing", flow)
             flow.timeout = now + (self.config.close_timeout_ns if close_timeout_ns is None else close_timeout_ns)
             if (flow.hw_installed and not flow.flags & (F.HW_DYING | F.HW_PENDING)) and self.hw is not None:

@@ -2,7 +2,8 @@
 
 ``nf_flow_offload_ip_hook`` / ``nf_flow_offload_ipv6_hook`` (net/netfilter/nf_flow_table_ip.c): parse the
 tuple (``nf_flow_tuple_ip``: no fragments, no IP options, TCP or UDP only, TTL above 1), look the flow up,
-refuse packets over the route MTU (``nf_flow_exceeds_mtu``) and TCP FIN/RST (``nf_flow_state_check``),
+refuse packets over the route MTU (``nf_flow_exceeds_mtu``), TCP FIN/RST and every later packet of a
+closing flow (``nf_flow_state_check`` tears the flow down, so the kernel's conntrack sees the rest),
 refresh the flow, then apply the direction's action list: NAT with incremental checksum updates
 (``nf_flow_snat_ip``/``nf_flow_dnat_port`` and ``inet_proto_csum_replace*``: a UDP checksum of zero stays
 zero, a computed zero becomes 0xffff), TTL/hop limit minus one (``ip_decrease_ttl``), new MACs, out port.
@@ -155,10 +156,16 @@ class FastPath:
                 return None
             if proto == IPPROTO_TCP:
                 tcp_flags = frame[th + 13]
-                if tcp_flags & TCP_SYN and flow.flags & FlowFlag.CLOSING:
-                    # A new connection reusing the tuple of a closing one (nf_flow_state_check).
-                    ft.teardown(flow)
-                    self._except("syn_closing")
+                if flow.flags & FlowFlag.CLOSING:
+                    # From the first FIN/RST on, every packet of the connection goes through conntrack (the
+                    # kernel tears the flow down there and hands packets to the classic path): otherwise the
+                    # last ACKs never reach it and it stays in LAST_ACK instead of reaching TIME_WAIT.
+                    if tcp_flags & TCP_SYN:
+                        # A new connection reusing the tuple: this flow must go so the new one can enter.
+                        ft.teardown(flow)
+                        self._except("syn_closing")
+                    else:
+                        self._except("closing")
                     return None
                 if tcp_flags & (TCP_FIN | TCP_RST):
                     # Conntrack must see the close: slow path, and the flow starts closing.

@@ -68,8 +68,8 @@ class FlowTuple:
 class FlowFlag(enum.IntFlag):
     """``NF_FLOW_*`` bits (include/net/netfilter/nf_flow_table.h), plus two of our own.
 
-    SNAT/DNAT: the connection is NATed. CLOSING: FIN/RST seen, hardware entries go, software path keeps it
-    until the close timeout. TEARDOWN: being removed; lookups miss it. HW: meant for hardware (the flowtable
+    SNAT/DNAT: the connection is NATed. CLOSING: FIN/RST seen, hardware entries go, conntrack sees every
+    further packet (the slow path carries them); the flow stays listed until the close timeout. TEARDOWN: being removed; lookups miss it. HW: meant for hardware (the flowtable
     has offload on). HW_DYING: a hardware delete was queued. HW_DEAD: the hardware delete completed.
     HW_PENDING: one offload work item is queued or running (at most one per flow). HW_REFRESH: a hardware
     add failed or must be redone; the next refresh from the software path re-queues it (the 5.x kernel's

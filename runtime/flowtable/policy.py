@@ -12,7 +12,7 @@ The TOML section (parsed by :func:`parse_flowtable`, called by the router config
     ports = [1, 2, 3, 4]      # switch ports (numbers, or names the loader resolves); default: all ports
     tcp_timeout = 30          # seconds a flow may idle (nf_flowtable_tcp_timeout), default 30
     udp_timeout = 30          # (nf_flowtable_udp_timeout), default 30
-    close_timeout = 10        # seconds a closing TCP flow stays on the software path, default 10
+    close_timeout = 10        # seconds a closing TCP flow stays listed (its packets take the slow path), default 10
     hw_offload = true         # like `flags offload`; false = software flowtable only
     default = "offload"       # when no rule matches: "offload" or "skip"
 

@@ -177,13 +177,20 @@ def test_not_for_me() -> None:
     assert ft.counters.fastpath_packets == 0
 
 
-def test_fin_then_software_path_until_close_timeout_and_syn_tears_down() -> None:
+def test_fin_hands_the_connection_back_and_every_later_packet_to_the_slow_path() -> None:
+    """After a FIN conntrack must see each packet of the close (FIN_WAIT ... TIME_WAIT), as when the kernel
+    tears the flow down in nf_flow_state_check; a SYN reusing the tuple tears the closing flow down."""
     ft, fp, flow, clock = setup()
     assert fp.forward(tcp4("10.0.0.1", "8.8.8.8", 40000, 80, flags="FA"), 1) is None
     assert flow.state == "closing"
+    assert isinstance(flow.conn, FakeConn) and flow.conn.torn_down == 1, "conntrack takes the connection back"
     clock.advance(2)
-    out = fp.forward(tcp4("8.8.8.8", "192.0.2.1", 80, 60000, flags="A"), 4)
-    assert out is not None, "the last ACKs still take the fast path"
+    for frame, port in ((tcp4("8.8.8.8", "192.0.2.1", 80, 60000, flags="A"), 4),
+                        (tcp4("8.8.8.8", "192.0.2.1", 80, 60000, flags="FA"), 4),
+                        (tcp4("10.0.0.1", "8.8.8.8", 40000, 80, flags="A"), 1)):
+        assert fp.forward(frame, port) is None, "the last ACKs and FIN go through conntrack"
+    assert ft.counters.fastpath_exceptions["closing"] == 3 and ft.counters.fastpath_packets == 0
+    assert flow.state == "closing"
     assert fp.forward(tcp4("10.0.0.1", "8.8.8.8", 40000, 80, flags="S"), 1) is None
     assert flow.flags & F.TEARDOWN and ft.lookup(flow.dirs[0].tuple) is None
 

@@ -13,6 +13,7 @@ from runtime.conntrack import (
     NS,
     RST,
     SYN,
+    Conn,
     Conntrack,
     CtEvent,
     CtTuple,
@@ -211,3 +212,142 @@ def test_snapshot_and_format() -> None:
     line = format_conntrack([r])
     assert line.startswith("ipv4  tcp    6 120 SYN_SENT src=10.0.1.10 dst=192.0.2.20 sport=40000 dport=80")
     assert "[UNREPLIED] src=192.0.2.20 dst=192.0.2.1 sport=80 dport=40000" in line
+
+
+# ------------------------------------------------------------------------ the end of a connection's life
+
+def _established(ct: Conntrack, t: CtTuple = T) -> tuple[Conn, list[tuple[str, int, str]]]:
+    """A connection through SYN, SYN/ACK, ACK (client ISN 1000, server ISN 5000), and its event log."""
+    events: list[tuple[str, int, str]] = []
+    ct.subscribe(lambda ev, c: events.append((ev.value, c.id, c.state_name())))
+    c = ct.new(t)
+    ct.packet(c, O, length=60, tcp_flags=SYN, seq=1000)
+    ct.confirm(c)
+    ct.packet(c, R, length=60, tcp_flags=SYN | ACK, seq=5000, ack_seq=1001)
+    ct.packet(c, O, length=52, tcp_flags=ACK, seq=1001, ack_seq=5001)
+    assert c.tcp_state == S.ESTABLISHED
+    return c, events
+
+
+def _walk(ct: Conntrack, clock: Clock, c: Conn, steps: list[tuple[Dir, int, TcpState, int]]) -> None:
+    for d, flags, state, timeout in steps:
+        assert ct.packet(c, d, length=52, tcp_flags=flags) is Verdict.ACCEPT
+        assert (c.tcp_state, (c.timeout_ns - clock.now) // NS) == (state, timeout), (d, flags)
+
+
+@pytest.mark.parametrize("closer", [O, R])
+def test_close_started_from_either_side_reaches_time_wait_for_120_s(closer: Dir) -> None:
+    clock = Clock()
+    ct = Conntrack(clock)
+    c, events = _established(ct)
+    other = closer.other
+    _walk(ct, clock, c, [(closer, FIN | ACK, S.FIN_WAIT, 120), (other, ACK, S.CLOSE_WAIT, 60),
+                         (other, FIN | ACK, S.LAST_ACK, 30), (closer, ACK, S.TIME_WAIT, 120),
+                         (closer, ACK, S.TIME_WAIT, 120)])  # a retransmitted last ACK
+    assert [e[2] for e in events if e[0] == "STATE"][-4:] == ["FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT"]
+    clock.advance(119)
+    assert ct.gc() == [] and ct.lookup(T) is not None
+    clock.advance(2)
+    assert ct.gc() and ct.lookup(T) is None and events[-1][0] == "DESTROY"
+
+
+def test_simultaneous_close() -> None:
+    clock = Clock()
+    ct = Conntrack(clock)
+    c, _ = _established(ct)
+    _walk(ct, clock, c, [(O, FIN | ACK, S.FIN_WAIT, 120), (R, FIN | ACK, S.LAST_ACK, 30),
+                         (O, ACK, S.TIME_WAIT, 120), (R, ACK, S.TIME_WAIT, 120)])
+
+
+def test_rst_closes_and_a_syn_after_it_reopens_only_from_the_rst_side() -> None:
+    """Without a FIN, a SYN in CLOSE reopens only when the last packet that way was the RST (the client
+    aborted and starts again); after the server's RST the client's SYN is merely ignored."""
+    clock = Clock()
+    ct = Conntrack(clock)
+    c, _ = _established(ct)
+    _walk(ct, clock, c, [(O, RST, S.CLOSE, 10)])
+    assert ct.packet(c, O, length=60, tcp_flags=SYN, seq=9000) is Verdict.REOPEN
+    assert ct.lookup(T) is None
+    c2, _ = _established(ct)
+    _walk(ct, clock, c2, [(R, RST | ACK, S.CLOSE, 10)])
+    clock.advance(3)
+    assert ct.packet(c2, O, length=60, tcp_flags=SYN, seq=9000) is Verdict.ACCEPT
+    assert ct.lookup(T) == (c2, O) and c2.tcp_state == S.CLOSE
+    assert c2.timeout_ns - clock.now == 7 * NS  # ignored: no refresh
+
+
+def test_syn_reusing_the_tuple_in_time_wait_destroys_and_starts_a_new_connection() -> None:
+    clock = Clock()
+    ct = Conntrack(clock)
+    c, events = _established(ct)
+    _walk(ct, clock, c, [(O, FIN | ACK, S.FIN_WAIT, 120), (R, FIN | ACK, S.LAST_ACK, 30), (O, ACK, S.TIME_WAIT, 120)])
+    clock.advance(5)
+    assert ct.packet(c, O, length=60, tcp_flags=SYN, seq=77000) is Verdict.REOPEN
+    assert ct.lookup(T) is None and ct.lookup(T.invert()) is None
+    assert events[-1] == ("DESTROY", c.id, "TIME_WAIT")
+    # the slow path then tracks the same SYN as new (-NF_REPEAT)
+    assert ct.can_create(6, SYN)
+    n = ct.new(T)
+    assert ct.packet(n, O, length=60, tcp_flags=SYN, seq=77000) is Verdict.ACCEPT and ct.confirm(n)
+    ct.packet(n, R, length=60, tcp_flags=SYN | ACK, seq=88000, ack_seq=77001)
+    ct.packet(n, O, length=52, tcp_flags=ACK, seq=77001, ack_seq=88001)
+    assert n.id != c.id and n.tcp_state == S.ESTABLISHED and n.status & Status.ASSURED
+    assert [e for e in events if e[1] == n.id and e[0] in ("NEW", "STATE")] == [
+        ("NEW", n.id, "SYN_SENT"), ("STATE", n.id, "SYN_RECV"), ("STATE", n.id, "ESTABLISHED")]
+
+
+def test_ignored_syn_then_its_syn_ack_resyncs_the_connection() -> None:
+    """A SYN in LAST_ACK is ignored (sIG) but remembered; the server's SYN/ACK acknowledging exactly that SYN
+    shows both ends are in sync and conntrack is not: it resyncs to SYN_RECV, then ESTABLISHED."""
+    clock = Clock()
+    ct = Conntrack(clock)
+    c, events = _established(ct)
+    _walk(ct, clock, c, [(O, FIN | ACK, S.FIN_WAIT, 120), (R, FIN | ACK, S.LAST_ACK, 30)])
+    clock.advance(2)
+    assert ct.packet(c, O, length=60, tcp_flags=SYN, seq=40000) is Verdict.ACCEPT
+    assert c.tcp_state == S.LAST_ACK and c.timeout_ns - clock.now == 28 * NS
+    # a SYN/ACK that does not acknowledge the ignored SYN changes nothing
+    assert ct.packet(c, R, length=60, tcp_flags=SYN | ACK, seq=70000, ack_seq=12345) is Verdict.ACCEPT
+    assert c.tcp_state == S.LAST_ACK
+    # the server answers the client's SYN again; now it does: resync
+    assert ct.packet(c, O, length=60, tcp_flags=SYN, seq=40000) is Verdict.ACCEPT
+    assert ct.packet(c, R, length=60, tcp_flags=SYN | ACK, seq=70000, ack_seq=40001) is Verdict.ACCEPT
+    assert c.tcp_state == S.SYN_RECV and c.timeout_ns - clock.now == 60 * NS
+    ct.packet(c, O, length=52, tcp_flags=ACK, seq=40001, ack_seq=70001)
+    assert c.tcp_state == S.ESTABLISHED and c.timeout_ns - clock.now == 5 * 86400 * NS
+    assert [e[2] for e in events if e[0] == "STATE"][-2:] == ["SYN_RECV", "ESTABLISHED"]
+    # the new session closes like any other: its close is not confused with the old one's
+    _walk(ct, clock, c, [(O, FIN | ACK, S.FIN_WAIT, 120), (R, ACK, S.CLOSE_WAIT, 60)])
+
+
+def test_challenge_ack_to_an_ignored_syn_is_not_the_last_ack() -> None:
+    """RFC 5961: a server in LAST_ACK answers a new SYN with a challenge ACK, which must not move the
+    connection to TIME_WAIT as if it acknowledged the last FIN."""
+    clock = Clock()
+    ct = Conntrack(clock)
+    c, _ = _established(ct)
+    _walk(ct, clock, c, [(R, FIN | ACK, S.FIN_WAIT, 120), (O, FIN | ACK, S.LAST_ACK, 30)])
+    assert ct.packet(c, O, length=60, tcp_flags=SYN, seq=40000) is Verdict.ACCEPT
+    assert ct.packet(c, R, length=52, tcp_flags=ACK, seq=5002, ack_seq=1002) is Verdict.ACCEPT
+    assert c.tcp_state == S.LAST_ACK
+    ct.packet(c, R, length=52, tcp_flags=ACK, seq=5002, ack_seq=1002)
+    assert c.tcp_state == S.TIME_WAIT
+
+
+def test_offloaded_connection_timeout_is_a_day_then_its_state_timeout_again() -> None:
+    """While the flowtable holds it, conntrack shows the day-long timeout the kernel sets (NF_CT_DAY, topped
+    up by the GC); handed back (at a FIN), its TCP state's timeout applies again, once."""
+    clock = Clock()
+    ct = Conntrack(clock)
+    c, _ = _established(ct)
+    ct.set_offload(c, hw=True)
+    [r] = ct.snapshot()
+    assert r.timeout_s == 86400 and "HW_OFFLOAD" in r.status
+    clock.advance(50000)
+    assert ct.gc() == [] and (c.timeout_ns - clock.now) // NS == 86400
+    ct.fixup(c)
+    assert not c.status & Status.OFFLOAD and (c.timeout_ns - clock.now) // NS == 5 * 86400
+    _walk(ct, clock, c, [(O, FIN | ACK, S.FIN_WAIT, 120), (R, FIN | ACK, S.LAST_ACK, 30), (O, ACK, S.TIME_WAIT, 120)])
+    clock.advance(10)
+    ct.fixup(c)  # the flow's teardown after the close timeout must not restart TIME_WAIT
+    assert (c.timeout_ns - clock.now) // NS == 110

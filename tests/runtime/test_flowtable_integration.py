@@ -316,6 +316,175 @@ print(n)
     assert st["closed"] >= 1
 
 
+def conntrack_of(lab: Lab, sport: int, dport: int) -> list[dict[str, Any]]:
+    """The connections `offloadgen flows --all` lists for A's source port ``sport`` to ``dport``."""
+    out = offloadgen("flows", "--all", "--json", "--status-socket", str(lab.ctl.sock))
+    assert out.returncode == 0, out.stderr
+    return [c for c in json.loads(out.stdout)["conntrack"]
+            if c["original"]["sport"] == sport and c["original"]["dport"] == dport]
+
+
+@contextlib.contextmanager
+def no_tail_loss_probes(*hosts: Host) -> Iterator[None]:
+    """A clean close on hosts whose peer is ~10 ms away through the slow path: a tail loss probe (after
+    2 x RTT, at least 10 ms) would retransmit the passive closer's FIN before the last ACK reaches it; the
+    duplicate ACK that answers it then meets a closed socket and draws a RST, which rightly ends conntrack in
+    CLOSE, as Linux's would. Retransmission by timeout (200 ms and more) stays on."""
+    before = [h.run("sysctl", "-n", "net.ipv4.tcp_early_retrans").stdout.strip() for h in hosts]
+    for h in hosts:
+        h.run("sysctl", "-qw", "net.ipv4.tcp_early_retrans=0")
+    try:
+        yield
+    finally:
+        for h, value in zip(hosts, before, strict=True):
+            h.run("sysctl", "-qw", f"net.ipv4.tcp_early_retrans={value}")
+
+
+def test_closed_offloaded_connection_reaches_time_wait_for_120_s(lab: Lab) -> None:
+    """Every packet of the close passes conntrack, as on Linux's classic path: the entry goes FIN_WAIT,
+    CLOSE_WAIT, LAST_ACK, TIME_WAIT and is kept 120 s, after the flow itself has left the flowtable."""
+    with no_tail_loss_probes(lab.a, lab.b):
+        _closed_offloaded_connection_reaches_time_wait(lab)
+
+
+def _closed_offloaded_connection_reaches_time_wait(lab: Lab) -> None:
+    srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5002")
+    size = 4 * 1024 * 1024
+    proc, sport = start_transfer(lab, B_ADDR, size, 0.03)
+    try:
+        flow = lab.ctl.wait_flow("tcp", 5002, sport=sport, timeout=10, what="the transfer's flow to reach [HW_OFFLOAD]")
+        [live] = conntrack_of(lab, sport, 5002)
+        assert live["state"] == "ESTABLISHED" and "HW_OFFLOAD" in live["status"], live
+        assert 86000 < live["timeout"] <= 86400, "offloaded: the day-long timeout the flowtable sets"
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop(srv)
+    assert proc.returncode == 0, stderr
+    peer, n, digest, sent = stdout.splitlines()[-1].split()
+    assert (peer, int(n), digest) == (WAN_ADDR, size, sent)
+    # A closed first (FIN_WAIT), B acknowledged and closed (CLOSE_WAIT, LAST_ACK), A's last ACK: TIME_WAIT
+    done = wait_for(lambda: [c for c in conntrack_of(lab, sport, 5002) if c["state"] == "TIME_WAIT"], 5,
+                    "conntrack to see the last ACK (TIME_WAIT)")
+    [ct] = done
+    assert ct["id"] == live["id"] and 100 < ct["timeout"] <= 120, ct
+    assert not {"OFFLOAD", "HW_OFFLOAD"} & set(ct["status"]), "conntrack owns the closed connection again"
+    text = offloadgen("flows", "--all", "--status-socket", str(lab.ctl.sock))
+    [line] = [x for x in text.stdout.splitlines() if f"sport={sport} dport=5002" in x and x.startswith("ipv4")]
+    assert " TIME_WAIT " in line and int(line.split()[3]) > 100, line
+    # the flow leaves the flowtable after the close timeout; conntrack keeps TIME_WAIT for its 120 s
+    wait_for(lambda: lab.ctl.flow("tcp", 5002, sport=sport) is None, CLOSE_TIMEOUT + 3,
+             "the closing flow to leave the flowtable")
+    [ct] = conntrack_of(lab, sport, 5002)
+    assert ct["state"] == "TIME_WAIT" and 100 < ct["timeout"] < 120 - CLOSE_TIMEOUT + 1, ct
+    assert not entries_of(lab, flow["id"])
+    assert_switch_matches_flowtable(lab)
+
+
+#: A server for two connections that closes each one first (it keeps the TIME_WAIT, so the client may bind
+#: the same port again at once). The client sends length-prefixed chunks, an empty one last; the server
+#: answers with the peer, the byte count and their SHA-256.
+REUSE_SERVER = r"""
+import hashlib, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(1)
+print("ready", flush=True)
+def recv_exact(c, k):
+    b = b""
+    while len(b) < k:
+        more = c.recv(k - len(b))
+        if not more: raise SystemExit("connection closed early")
+        b += more
+    return b
+for _ in range(2):
+    c, peer = s.accept()
+    n, h = 0, hashlib.sha256()
+    while (k := int.from_bytes(recv_exact(c, 4), "big")):
+        h.update(recv_exact(c, k)); n += k
+    c.sendall(f"{peer[0]} {n} {h.hexdigest()}".encode()); c.close()
+"""
+
+#: Two connections from the same source port, one after the other. Each sends paced 64 KiB chunks until
+#: the test lets it finish, then prints the server's answer and the digest of what it sent. The test steers
+#: it with files: <base>.1 ends the first connection's data, <base>.2 starts the second, <base>.3 ends it.
+REUSE_CLIENT = r"""
+import hashlib, os, socket, sys, time
+host, port, sport, base = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def wait(step):
+    while not os.path.exists(f"{base}.{step}"):
+        time.sleep(0.05)
+for rnd in range(2):
+    if rnd:
+        wait(2)
+    c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); c.settimeout(60)
+    c.bind(("0.0.0.0", sport)); c.connect((host, port))
+    print("connected", c.getsockname()[1], flush=True)
+    h, n = hashlib.sha256(), 0
+    while n < 1 << 20 or not os.path.exists(f"{base}.{2 * rnd + 1}"):
+        chunk = os.urandom(65536)
+        c.sendall(len(chunk).to_bytes(4, "big") + chunk); h.update(chunk); n += len(chunk)
+        time.sleep(0.02)
+    c.sendall(bytes(4))
+    reply = b""
+    while True:
+        b = c.recv(4096)
+        if not b: break
+        reply += b
+    c.close()
+    print("reply", reply.decode(), n, h.hexdigest(), flush=True)
+"""
+
+
+def test_client_port_reuse_after_close_is_a_new_offloaded_connection(lab: Lab) -> None:
+    """A second connection on the same 5-tuple after a close: conntrack destroys the TIME_WAIT entry and
+    tracks the SYN as new (SYN_SENT ... ESTABLISHED), and the new connection is offloaded again."""
+    with no_tail_loss_probes(lab.a, lab.b):
+        _port_reuse(lab)
+
+
+def _port_reuse(lab: Lab) -> None:
+    sport = 47123
+    base = lab.tmp / "reuse"
+    srv = start_server(lab.b, REUSE_SERVER, "5004")
+    proc = lab.a.popen(sys.executable, "-c", REUSE_CLIENT, B_ADDR, "5004", str(sport), str(base),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    out = proc.stdout
+
+    def answer() -> None:
+        _, peer, n, digest, sent, sent_digest = out.readline().split()
+        assert (peer, n, digest) == (WAN_ADDR, sent, sent_digest), "the server got exactly what was sent"
+
+    try:
+        assert out.readline().split() == ["connected", str(sport)]
+        first = lab.ctl.wait_flow("tcp", 5004, sport=sport, timeout=10, what="the first connection offloaded")
+        [ct1] = conntrack_of(lab, sport, 5004)
+        Path(f"{base}.1").touch()
+        answer()
+        # B closed first: B's FIN, A's ACK and FIN, B's last ACK all passed conntrack
+        wait_for(lambda: [c["state"] for c in conntrack_of(lab, sport, 5004)] == ["TIME_WAIT"], 5,
+                 "the first connection in TIME_WAIT")
+        Path(f"{base}.2").touch()
+        assert out.readline().split() == ["connected", str(sport)]
+        second = lab.ctl.wait_flow("tcp", 5004, sport=sport, timeout=10,
+                                   what="the second connection on the same tuple to reach [HW_OFFLOAD]")
+        assert second["id"] != first["id"] and second["tag"] == "[HW_OFFLOAD]"
+        [ct2] = conntrack_of(lab, sport, 5004)
+        assert ct2["id"] != ct1["id"], "the old entry is destroyed and a new one tracks the SYN"
+        assert ct2["state"] == "ESTABLISHED" and "HW_OFFLOAD" in ct2["status"], ct2
+        assert {e["dir"] for e in entries_of(lab, second["id"])} == {"original", "reply"}
+        Path(f"{base}.3").touch()
+        answer()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop(srv)
+    assert f"new connection {ct2['id']}: tcp" in (lab.tmp / "controller.log").read_text()
+    assert_switch_matches_flowtable(lab)
+
+
 def test_udp_idle_flow_expires_active_flow_is_kept_alive(lab: Lab) -> None:
     srv = start_server(lab.b, UDP_SERVER, "0.0.0.0", "5353")
     try:

@@ -234,3 +234,62 @@ def test_bad_frames_are_counted_not_raised(h: Harness) -> None:
     assert h.sp.stats["drop_malformed"] == 2 and h.sp.stats["drop_unknown_port"] == 1
     assert h.send(1, Ether(src=A, dst="02:99:99:99:99:99") / IP(dst="10.0.1.1") / ICMP()) == []
     assert ICMPv6DestUnreach is not None
+
+
+def _tcp_a(flags: str, seq: int, ack: int = 0, data: bytes = b"") -> Packet:
+    return (Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20")
+            / TCP(sport=40000, dport=80, flags=flags, seq=seq, ack=ack) / Raw(data))
+
+
+def _tcp_b(flags: str, seq: int, ack: int = 0, data: bytes = b"") -> Packet:
+    return (Ether(src=B, dst=R4) / IP(src="192.0.2.20", dst="192.0.2.1")
+            / TCP(sport=80, dport=40000, flags=flags, seq=seq, ack=ack) / Raw(data))
+
+
+def test_client_port_reuse_after_close_is_a_new_connection(h: Harness) -> None:
+    """The whole close seen by conntrack, then a SYN from the same client port: the old entry is destroyed
+    and the SYN starts a new connection, which gets to ESTABLISHED (masqueraded as before)."""
+    h.learn()
+    ct = h.sp.conntrack
+    events: list[tuple[str, int, str]] = []
+    ct.subscribe(lambda ev, c: events.append((ev.value, c.id, c.state_name())))
+    for port, pkt in ((1, _tcp_a("S", 100)), (4, _tcp_b("SA", 500, 101)), (1, _tcp_a("PA", 101, 501, b"x" * 10)),
+                      (1, _tcp_a("FA", 111, 501)), (4, _tcp_b("FA", 501, 112)), (1, _tcp_a("A", 112, 502))):
+        assert len(h.send(port, pkt)) == 1
+    t = CtTuple.make("10.0.1.10", "192.0.2.20", "tcp", 40000, 80)
+    found = ct.lookup(t)
+    assert found is not None and found[0].state_name() == "TIME_WAIT"
+    old = found[0]
+    [(port, out)] = h.send(1, _tcp_a("S", 90000))
+    assert port == 4 and out[IP].src == "192.0.2.1" and out[TCP].flags == "S"
+    found = ct.lookup(t)
+    assert found is not None and found[0] is not old and found[0].state_name() == "SYN_SENT"
+    new = found[0]
+    assert [e for e in events if e[0] in ("DESTROY", "NEW")][-2:] == [("DESTROY", old.id, "TIME_WAIT"),
+                                                                      ("NEW", new.id, "SYN_SENT")]
+    assert len(h.send(4, _tcp_b("SA", 7000, 90001))) == 1
+    assert len(h.send(1, _tcp_a("A", 90001, 7001))) == 1
+    assert new.state_name() == "ESTABLISHED" and new.offloadable()
+
+
+def test_syn_ignored_in_last_ack_is_resynced_by_the_servers_syn_ack(h: Harness) -> None:
+    """The client's last ACK was lost, so conntrack sits in LAST_ACK when the client reuses its port: the SYN
+    is ignored but let through, and the server's SYN/ACK for exactly that SYN (its sequence number read from
+    the packet) brings conntrack back in sync on the same entry."""
+    h.learn()
+    ct = h.sp.conntrack
+    for port, pkt in ((1, _tcp_a("S", 100)), (4, _tcp_b("SA", 500, 101)), (1, _tcp_a("A", 101, 501)),
+                      (1, _tcp_a("FA", 101, 501)), (4, _tcp_b("FA", 501, 102))):
+        h.send(port, pkt)
+    t = CtTuple.make("10.0.1.10", "192.0.2.20", "tcp", 40000, 80)
+    found = ct.lookup(t)
+    assert found is not None and found[0].state_name() == "LAST_ACK"
+    conn = found[0]
+    assert len(h.send(1, _tcp_a("S", 90000, data=b""))) == 1, "an ignored SYN is still forwarded"
+    assert conn.state_name() == "LAST_ACK"
+    assert len(h.send(4, _tcp_b("SA", 7000, 12345))) == 1 and conn.state_name() == "LAST_ACK"  # not for that SYN
+    h.send(1, _tcp_a("S", 90000))  # the client retransmits its SYN
+    assert len(h.send(4, _tcp_b("SA", 7000, 90001))) == 1
+    assert conn.state_name() == "SYN_RECV"
+    h.send(1, _tcp_a("A", 90001, 7001))
+    assert conn.state_name() == "ESTABLISHED" and ct.lookup(t) == (conn, Dir.ORIGINAL)
