@@ -38,6 +38,7 @@ from offloadgen.profile import load_profile
 from offloadgen.switchproc import SwitchProcess, SwitchSpec, find_bmv2, free_grpc_addr
 from runtime.client import SwitchClient
 from runtime.entities import TableEntry, update
+from runtime.errors import P4RuntimeError
 from runtime.pipeline import load_build
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,11 +133,13 @@ def raw_cycle(raw: RawClient, encoded: tuple[list[Any], list[Any]], batch: int) 
     return got
 
 
-def client_cycle(client: SwitchClient, n: int) -> dict[str, float]:
-    """The controller's path: entries by name, encoded and batched by SwitchClient (1000 per Write)."""
+def client_cycle(client: SwitchClient, n: int) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The controller's path: entries by name, encoded and batched by SwitchClient (1000 per Write). An
+    operation the client cannot do at this size is recorded with its error (a finding, not a crash)."""
     first = [flow(i, 2) for i in range(n)]
     second = [flow(i, 3) for i in range(n)]
-    got = {}
+    got: dict[str, float | None] = {}
+    errors: dict[str, str] = {}
     timed: list[tuple[str, Callable[[], Any]]] = [
         ("insert", lambda: client.insert(first)),
         ("read", lambda: client.read_table(TABLE, counters=True)),
@@ -145,11 +148,15 @@ def client_cycle(client: SwitchClient, n: int) -> dict[str, float]:
     ]
     for op, call in timed:
         t0 = time.perf_counter()
-        out = call()
+        try:
+            out = call()
+        except P4RuntimeError as exc:
+            got[op], errors[op] = None, str(exc)
+            continue
         got[op] = rate(n, time.perf_counter() - t0)
         if op == "read" and (len(out) != n or any(e.counter is None for e in out)):
             raise SystemExit(f"bench: the client read {len(out)} entries, expected {n} with counters")
-    return got
+    return got, errors
 
 
 def switches(kinds: Sequence[str], build_dir: Path) -> Iterator[tuple[str, SwitchProcess]]:
@@ -187,10 +194,13 @@ def run(kinds: Sequence[str], sizes: Sequence[int], batches: Sequence[int], work
                           "  ".join(f"{op} {got[op]:9.0f}/s" for op in OPS), flush=True)
             client_rows = []
             for n in sizes:
-                got = client_cycle(client, n)
-                client_rows.append({"table_size": n, "batch": 1000, **got})
+                cgot, errors = client_cycle(client, n)
+                client_rows.append({"table_size": n, "batch": 1000, **cgot, **({"errors": errors} if errors else {})})
                 print(f"{kind:10} client n={n:6} batch= 1000  " +
-                      "  ".join(f"{op} {got[op]:9.0f}/s" for op in OPS), flush=True)
+                      "  ".join(f"{op} {cgot[op]:9.0f}/s" if cgot[op] is not None else f"{op}    FAILED"
+                                for op in OPS), flush=True)
+                for op, err in errors.items():
+                    print(f"{kind:10} client n={n:6} {op} failed: {err}", flush=True)
             channel.close()
         results[kind] = {"raw": rows, "client": client_rows}
     results["_table_capacity"] = size
@@ -211,9 +221,10 @@ def plot(data: dict[str, Any], path: Path) -> None:
             for batch in sorted({r["batch"] for r in res["raw"]}):
                 pts = [(r["table_size"], r[op]) for r in res["raw"] if r["batch"] == batch]
                 ax.plot(*zip(*pts, strict=True), styles.get(kind, "-"), marker="o", label=f"{kind} batch {batch}")
-            pts = [(r["table_size"], r[op]) for r in res["client"]]
-            ax.plot(*zip(*pts, strict=True), styles.get(kind, "-"), marker="x", color="black", alpha=0.6,
-                    label=f"{kind} runtime client")
+            pts = [(r["table_size"], r[op]) for r in res["client"] if r[op] is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), styles.get(kind, "-"), marker="x", color="black", alpha=0.6,
+                        label=f"{kind} runtime client")
         ax.set_title(f"{op} ({'all entries, with counters' if op == 'read' else 'entries'})")
         ax.set_xscale("log")
         ax.set_yscale("log")
