@@ -232,8 +232,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("entries/s")
     axes[-1].legend(fontsize=7, loc="best")
-    fig.suptitle(f"P4Runtime on {TABLE} (load avg {data['machine']['loadavg_start'][0]:.1f}, "
-                 f"{data['machine']['cpus']} CPUs)")
+    m = data["machine"]
+    fig.suptitle(f"P4Runtime on {TABLE}, entries/s (1-min load average {m['loadavg_start'][0]:.1f} -> "
+                 f"{m['loadavg_end'][0]:.1f} on {m['cpus']} CPUs; raw: pre-serialized requests)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
