@@ -106,11 +106,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--p4runtime", default=P4RUNTIME_VERSION, help="p4runtime release to take the schema from")
     ap.add_argument("--force", action="store_true", help="regenerate even when the installed bindings match")
+    ap.add_argument("--check", action="store_true",
+                    help="change nothing; exit 1 when the installed bindings do not match (setup.sh would regenerate)")
     args = ap.parse_args()
     want = wanted_version(args.p4runtime)
-    if installed_version() == want and not args.force:
+    have = installed_version()
+    if have == want and not args.force:
         print(f"gen_p4runtime: {DIST} {want} already installed")
         return 0
+    if args.check:
+        print(f"gen_p4runtime: {DIST} is {have or 'not installed'}, want {want}; run scripts/setup.sh")
+        return 1
     with tempfile.TemporaryDirectory(prefix="gen-p4runtime-") as tmp:
         tree = generate(args.p4runtime, Path(tmp))
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
