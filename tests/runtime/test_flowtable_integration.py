@@ -666,6 +666,10 @@ def test_fifth_connection_stays_on_the_software_path_when_the_table_is_full(smal
 SHELL_INPUT = 'te = table_entry["flow_v4"]\nte.counter_data\nte.read(lambda e: print(e))\n'
 
 
+#: p4runtime-shell pins protobuf<3.21, so it has its own environment beside .venv.
+SHELL_PYTHON = Path(__file__).resolve().parents[2] / ".venv-shell" / "bin" / "python"
+
+
 def shell_bytes(value: int) -> str:
     """How p4runtime-shell prints a canonical bytestring: "\\\\xd6\\\\xfa"."""
     raw = value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
@@ -679,8 +683,9 @@ def test_p4runtime_shell_as_backup_reads_live_offloaded_flows(lab: Lab) -> None:
         flow = lab.ctl.wait_flow("tcp", 5002, sport=sport, what="the transfer to be offloaded")
         wait_for(lambda: sum(e["packets"] or 0 for e in entries_of(lab, flow["id"])) > 0, 5,
                  "the switch to count packets on the flow's entries")
-        # the unmodified p4runtime-shell CLI, fed the README's lines
-        out = subprocess.run([sys.executable, "-m", "p4runtime_sh", "--grpc-addr", lab.switch.grpc_addr,
+        # the unmodified p4runtime-shell CLI from its own .venv-shell (scripts/setup.sh), fed the README's lines
+        assert SHELL_PYTHON.exists(), f"{SHELL_PYTHON} is missing: run scripts/setup.sh"
+        out = subprocess.run([str(SHELL_PYTHON), "-m", "p4runtime_sh", "--grpc-addr", lab.switch.grpc_addr,
                               "--device-id", "1", "--election-id", "0,1"], input=SHELL_INPUT, capture_output=True,
                              text=True, timeout=60, check=False)
         assert out.returncode == 0, out.stdout + out.stderr
