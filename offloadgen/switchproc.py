@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,24 @@ class SwitchStartError(RuntimeError):
     """The switch could not be started (missing binary, busy port, early exit); says which and how to fix."""
 
 
+@dataclass(frozen=True)
+class SwitchTls:
+    """The switch's side of TLS: the same four options on simple_switch_grpc and softswitch."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None  # to verify client certificates
+    client_auth: bool = False  # --grpc-server-with-client-auth: refuse clients without a certificate from `ca`
+
+    def argv(self) -> list[str]:
+        out = ["--grpc-server-ssl", "--grpc-server-cert", str(self.cert), "--grpc-server-key", str(self.key)]
+        if self.ca is not None:
+            out += ["--grpc-server-cacert", str(self.ca)]
+        if self.client_auth:
+            out.append("--grpc-server-with-client-auth")
+        return out
+
+
 @dataclass
 class SwitchSpec:
     kind: SwitchKind = "softswitch"
@@ -45,6 +64,7 @@ class SwitchSpec:
     # BMv2's Thrift (simple_switch_CLI) port; None: a free one, so that two BMv2s (two tests, two runs) never
     # collide on BMv2's own default 9090.
     thrift_port: int | None = None
+    tls: SwitchTls | None = None  # serve P4Runtime over TLS
 
 
 def find_bmv2(explicit: str | None = None) -> str | None:
@@ -75,6 +95,8 @@ def switch_argv(spec: SwitchSpec) -> list[str]:
     if spec.log_level:
         argv += ["--log-console", "--log-level", spec.log_level]
     argv += ["--", "--grpc-server-addr", spec.grpc_addr, "--cpu-port", str(spec.cpu_port), *spec.extra]
+    if spec.tls is not None:
+        argv += spec.tls.argv()
     return argv
 
 
@@ -100,6 +122,21 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _tls_answers(addr: str, timeout: float) -> bool:
+    """A TLS server answers a handshake there. Not verified: this only asks whether the switch is up, and
+    needs no client certificate for it (a TLS 1.3 server judges that after the handshake)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    host, port = _split_addr(addr)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, ctx.wrap_socket(raw):
+            return True
+    except OSError:
+        return False
 
 
 class SwitchProcess:
@@ -144,6 +181,8 @@ class SwitchProcess:
     def _grpc_ready(self, timeout: float) -> bool:
         if not port_in_use(self.spec.grpc_addr):
             return False
+        if self.spec.tls is not None:
+            return _tls_answers(self.spec.grpc_addr, timeout)
         channel = grpc.insecure_channel(self.spec.grpc_addr)
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout)
