@@ -91,8 +91,26 @@ class OffloadEngine:
         self._orphans: dict[tuple[str, tuple[tuple[str, int | bytes], ...]], FlowUpdate] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # Cleared while the controller is not the switch's primary: a backup's writes are refused, so the work
+        # waits in its queues (flows stay on the software path) instead of failing and being counted as errors.
+        self._writable = threading.Event()
+        self._writable.set()
         self._thread: threading.Thread | None = None
         flowtable.attach(self)
+
+    # ------------------------------------------------------------------------ the writable gate
+
+    def pause(self) -> None:
+        """Stop writing (mastership lost); queued and new work waits until :meth:`resume`."""
+        self._writable.clear()
+
+    def resume(self) -> None:
+        self._writable.set()
+        self._wake.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._writable.is_set()
 
     # ----------------------------------------------------------------------------- queueing (HwOffload)
 
@@ -147,6 +165,8 @@ class OffloadEngine:
     def flush(self) -> list[UpdateResult] | str:
         """Delete every entry the controller may have on the switch, in one batch (clean shutdown): the
         switch is left holding nothing it would forward without a controller to account for it."""
+        if not self._writable.is_set():
+            return "not the switch's primary: its entries are left to the primary"
         with self.lock:
             ups = [delete_for(f.dirs[d].tuple, self.caps) for f in self.ft.flows() for d in (0, 1)
                    if (f.hw_installed & (1 << d) or f.flags & F.HW_PENDING) and f.family in self.caps.tables]
@@ -177,7 +197,10 @@ class OffloadEngine:
 
     def run_once(self) -> int:
         """Drain up to one batch from each queue: deletes first (they free table space for the adds), then
-        adds, then stats reads, then orphan deletes. Returns the number of work items handled."""
+        adds, then stats reads, then orphan deletes. Returns the number of work items handled (0 while
+        paused)."""
+        if not self._writable.is_set():
+            return 0
         with self.lock:
             dels = self._pop(self._del_q)
             adds = self._pop(self._add_q)
