@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +77,14 @@ def make_test_pki(directory: Path, *, days: int = 7, server_names: tuple[str, ..
         (directory / key).chmod(0o600)
     return TestPki(directory, directory / "ca.pem", directory / "ca.key", directory / "server.pem",
                    directory / "server.key", directory / "client.pem", directory / "client.key")
+
+
+def shell_argv(grpc_addr: str, pki: TestPki | None = None, device_id: int = 1) -> list[str]:
+    """p4runtime-shell as a backup (election id 0,1) beside the controller, with its TLS options when the
+    switch serves TLS (p4runtime_sh --ssl --cacert --cert --private-key)."""
+    argv = [sys.executable, "-m", "p4runtime_sh", "--grpc-addr", grpc_addr, "--device-id", str(device_id),
+            "--election-id", "0,1"]
+    if pki is not None:
+        argv += ["--ssl", "--cacert", str(pki.ca), "--cert", str(pki.client_cert), "--private-key",
+                 str(pki.client_key)]
+    return argv

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from offloadgen.pki import TestPki, make_test_pki
+from offloadgen.pki import TestPki, make_test_pki, shell_argv
 from offloadgen.switchproc import SwitchProcess, SwitchSpec, SwitchTls, free_grpc_addr
 from runtime.client import SwitchClient
 from runtime.entities import TableEntry
@@ -63,11 +63,17 @@ def test_mutual_tls_client_and_every_wrong_setting(tls_switch: tuple[str, Switch
                                                    other_pki: TestPki, build_dir: Path) -> None:
     kind, sw = tls_switch
     good = TlsConfig(pki.ca, pki.client_cert, pki.client_key)
-    with SwitchClient(sw.grpc_addr, tls=good) as c:
+    with SwitchClient(sw.grpc_addr, election_id=(0, 10), tls=good) as c:  # as `offloadgen run`
         assert c.primary
         c.set_pipeline(load_build(build_dir, kind))
         c.insert([ENTRY])
         assert [e.match["src_port"] for e in c.read_table("flow_v4")] == [1000]
+        # the unmodified p4runtime-shell, with the options the README and topo.py give, reads it as a backup
+        out = subprocess.run(shell_argv(sw.grpc_addr, pki), input='table_entry["flow_v4"].read(lambda e: print(e))\n',
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "You are not the primary client" in out.stdout, out.stdout + out.stderr
+        assert '("ingress.flow_v4")' in out.stdout and '("ingress.offload")' in out.stdout, out.stdout
 
     text = connect_error(sw.grpc_addr, None)  # the issue: used to be a bare "no arbitration answer"
     assert "serves P4Runtime over TLS but the controller connected in plaintext; give --tls-ca" in text, text
