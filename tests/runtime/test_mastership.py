@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostapps import UDP_CLIENT, UDP_SERVER, start_server, stop
 
+from offloadgen.netlab import Netlab
 from offloadgen.switchproc import SwitchProcess, SwitchSpec, free_grpc_addr
 from runtime.client import SwitchClient
 from runtime.config import load_config
@@ -113,3 +115,60 @@ def test_mastership_lost_and_regained(kind: str, build_dir: Path, router_config_
             regained = [r for r in caplog.records if "mastership regained" in r.getMessage()]
             assert len(regained) == 1 and regained[0].levelno == logging.WARNING
             assert ctl.offloader.ft.counters.hw_write_failures == 0
+
+
+def switch_packets(addr: str, p4info: Any) -> int:
+    """Packets the switch counted on its flow entries (they start from 0 when re-installed)."""
+    reader = SwitchClient(addr, election_id=(0, 1), p4info=p4info, reconnect=False)
+    with reader.connect(10, require_primary=False):
+        return sum(e.counter.packets for e in reader.read_table("flow_v4", counters=True) if e.counter)
+
+
+def hw_flow(ctl: Controller, dport: int) -> dict[str, Any] | None:
+    return next((f for f in ctl.offloader.flows() if f["orig"]["dport"] == dport and f["tag"] == "[HW_OFFLOAD]"),
+                None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_live_flow_is_reinstalled_when_primary_again(kind: str, build_dir: Path, router_config_path: Path) -> None:
+    """A live UDP exchange is offloaded; another client takes primary and, as a controller cleaning up
+    would, deletes the flow's entries. While it is primary the traffic is its business (the packets are
+    punted to it). When it leaves, the controller reconciles: the [HW_OFFLOAD] flow the switch lacks is
+    installed again and the exchange is answered by the switch once more."""
+    pipeline = load_build(build_dir, kind)
+    with Netlab() as net:
+        a = net.add_host("a", mac="02:00:00:00:00:10", ipv4="10.0.1.10/24", gw4="10.0.1.1")
+        b = net.add_host("b", mac="02:00:00:00:00:20", ipv4="192.0.2.20/24", gw4="192.0.2.1")
+        spec = SwitchSpec(kind=kind, ports={1: a.switch_iface, 4: b.switch_iface}, grpc_addr=free_grpc_addr())
+        with SwitchProcess(spec) as sw, Controller(load_config(router_config_path), pipeline, sw.grpc_addr,
+                                                   election_id=(0, 10)) as ctl:
+            srv = start_server(b, UDP_SERVER, "0.0.0.0", "5360")
+            try:
+                sender = a.popen(sys.executable, "-c", UDP_CLIENT, "192.0.2.20", "5360", "250", "0.1", "44100",
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                flow = wait_for(lambda: hw_flow(ctl, 5360), 15, "the UDP flow to reach [HW_OFFLOAD]")
+                wait_for(lambda: len(switch_entries(sw.grpc_addr, pipeline.p4info)) == 2, 10, "its two entries")
+
+                intruder = SwitchClient(sw.grpc_addr, election_id=(0, 20), p4info=pipeline.p4info, reconnect=False)
+                intruder.connect(10)
+                wait_for(lambda: not ctl.mastership.primary, 10, "the controller to see it is backup")
+                intruder.delete(intruder.read_table("flow_v4"))
+                assert switch_entries(sw.grpc_addr, pipeline.p4info) == []
+                reconciles = ctl.offloader.reconciles
+                intruder.close()
+
+                wait_for(lambda: ctl.mastership.primary and ctl.offloader.reconciles > reconciles, 15,
+                         "the controller to be primary again and reconcile")
+                wait_for(lambda: len(switch_entries(sw.grpc_addr, pipeline.p4info)) == 2, 10,
+                         "the flow's entries to be installed again")
+                again = wait_for(lambda: hw_flow(ctl, 5360), 10, "[HW_OFFLOAD] again")
+                assert again["id"] == flow["id"]  # the same flow, not a new one
+                wait_for(lambda: switch_packets(sw.grpc_addr, pipeline.p4info) >= 4, 15,
+                         "the switch to forward the exchange on the re-installed entries")
+                stdout, _ = sender.communicate(timeout=120)
+                answers = stdout.strip().split("\n")
+                assert answers[-5:].count("timeout") == 0, answers[-10:]
+                assert ctl.mastership.lost == 1 and ctl.mastership.regained == 1
+            finally:
+                stop(srv)
