@@ -41,6 +41,29 @@ class SwitchTls:
     ca: Path | None = None  # to verify client certificates
     client_auth: bool = False  # --grpc-server-with-client-auth: refuse clients without a certificate from `ca`
 
+    def check(self) -> None:
+        """Raise SwitchStartError for unreadable files or a key of another certificate. BMv2 would log "Invalid
+        private key" and serve nothing; say which option is wrong before starting either switch."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        for path, option in ((self.cert, "--grpc-server-cert"), (self.key, "--grpc-server-key"),
+                             (self.ca, "--grpc-server-cacert")):
+            if path is not None and not os.access(path, os.R_OK):
+                raise SwitchStartError(f"{option} {path}: cannot read it (missing, or no permission)")
+        try:
+            ctx.load_cert_chain(str(self.cert), str(self.key))
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                raise SwitchStartError(f"--grpc-server-key {self.key} is not the private key of --grpc-server-cert "
+                                       f"{self.cert} (they do not match)") from None
+            raise SwitchStartError(f"--grpc-server-cert {self.cert} / --grpc-server-key {self.key}: not a usable "
+                                   f"certificate and key ({exc.reason or exc})") from None
+        if self.ca is not None:
+            try:
+                ctx.load_verify_locations(cafile=str(self.ca))
+            except ssl.SSLError as exc:
+                raise SwitchStartError(f"--grpc-server-cacert {self.ca}: not a usable CA certificate "
+                                       f"({exc.reason or exc})") from None
+
     def argv(self) -> list[str]:
         out = ["--grpc-server-ssl", "--grpc-server-cert", str(self.cert), "--grpc-server-key", str(self.key)]
         if self.ca is not None:
@@ -155,6 +178,8 @@ class SwitchProcess:
 
     def start(self) -> SwitchProcess:
         argv = switch_argv(self.spec)
+        if self.spec.tls is not None:
+            self.spec.tls.check()
         if port_in_use(self.spec.grpc_addr):
             raise SwitchStartError(f"{self.spec.grpc_addr} is already in use; stop the other switch or pick another address")
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below

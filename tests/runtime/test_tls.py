@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from offloadgen.pki import TestPki, make_test_pki, shell_argv
-from offloadgen.switchproc import SwitchProcess, SwitchSpec, SwitchTls, free_grpc_addr
+from offloadgen.switchproc import SwitchProcess, SwitchSpec, SwitchStartError, SwitchTls, free_grpc_addr
 from runtime.client import SwitchClient
 from runtime.entities import TableEntry
 from runtime.errors import P4RuntimeError
@@ -123,6 +123,15 @@ def test_softswitch_names_a_key_of_another_certificate(pki: TestPki, other_pki: 
                          timeout=60)
     assert out.returncode == 2
     assert f"--grpc-server-key {tmp_path / 'nokey.pem'}: cannot read it: No such file or directory" in out.stderr
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_switch_start_names_a_key_of_another_certificate(kind: str, pki: TestPki, other_pki: TestPki) -> None:
+    """BMv2 only logs "Invalid private key" and serves nothing; the testbed says which option is wrong."""
+    spec = SwitchSpec(kind=kind, grpc_addr=free_grpc_addr(),
+                      tls=SwitchTls(pki.server_cert, other_pki.server_key, pki.ca, client_auth=True))
+    with pytest.raises(SwitchStartError, match=r"--grpc-server-key .* is not the private key of --grpc-server-cert"):
+        SwitchProcess(spec).start()
 
 
 def run_command(args: list[str], log: Path) -> subprocess.Popen[bytes]:
