@@ -174,3 +174,16 @@ def test_offloadgen_run_over_mutual_tls(kind: str, pki: TestPki, build_dir: Path
             rc = proc.wait(30)
         assert rc == 0, log.read_text()
         assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_certificate_without_the_dialled_address(kind: str, tmp_path: Path) -> None:
+    """A switch certificate made for "localhost" only: dialling 127.0.0.1 is named as a name mismatch, and
+    --tls-server-name localhost (gRPC's target name override) connects."""
+    named = make_test_pki(tmp_path / "pki", server_ips=())
+    spec = SwitchSpec(kind=kind, grpc_addr=free_grpc_addr(), tls=SwitchTls(named.server_cert, named.server_key))
+    with SwitchProcess(spec) as sw:
+        text = connect_error(sw.grpc_addr, TlsConfig(named.ca))
+        assert "does not name '127.0.0.1'" in text and "--tls-server-name" in text, text
+        with SwitchClient(sw.grpc_addr, tls=TlsConfig(named.ca, server_name="localhost")) as c:
+            assert c.primary
