@@ -122,7 +122,8 @@ def _is_alert(exc: ssl.SSLError) -> bool:
 
 
 def _handshake(address: str, ctx: ssl.SSLContext, server_name: str, timeout: float) -> tuple[str, str]:
-    """One TLS handshake and the first read after it: ("ok"|"eof"|"alert"|"not-tls"|"verify"|"down", detail)."""
+    """One TLS handshake and the first read after it:
+    ("ok"|"eof"|"alert"|"not-tls"|"silent"|"verify"|"down", detail)."""
     host, port = split_address(address)
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
@@ -135,8 +136,10 @@ def _handshake(address: str, ctx: ssl.SSLContext, server_name: str, timeout: flo
             return "verify", exc.verify_message or str(exc)
         except ssl.SSLError as exc:
             return ("alert" if _is_alert(exc) else "not-tls"), exc.reason or str(exc)
-        except (ConnectionResetError, BrokenPipeError, TimeoutError, OSError) as exc:
-            return "not-tls", getattr(exc, "strerror", None) or type(exc).__name__
+        except TimeoutError:
+            return "silent", f"no answer within {timeout:g} s"
+        except OSError as exc:  # reset or closed by a server that took the ClientHello for garbage
+            return "not-tls", exc.strerror or type(exc).__name__
         with conn:
             # TLS 1.3 servers judge the client certificate after the handshake: the verdict is the first read
             # (an alert, or the connection closed), while an accepted client gets HTTP/2 SETTINGS at once.
@@ -160,6 +163,11 @@ def diagnose(address: str, tls: TlsConfig | None, timeout: float = 2.0) -> str |
     state, detail = _handshake(address, plain_ctx, name, timeout)
     if state == "down":
         return f"nothing accepts connections at {address} ({detail}); is the switch running, and is this its --switch address?"
+    if state == "silent":
+        if tls is None:
+            return None  # a plaintext peer that does not answer a handshake either: nothing more to learn here
+        return (f"{address} accepts connections but did not answer a TLS handshake ({detail}); is it a P4Runtime "
+                "switch, and does it serve TLS (--grpc-server-ssl)?")
     if tls is None:
         if state == "not-tls":
             return None  # a plaintext server, as the controller expects

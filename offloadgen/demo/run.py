@@ -25,6 +25,7 @@ from offloadgen.cli import UserError
 from offloadgen.demo import plot, report
 from offloadgen.demo.track import FlowTrack, Tracker
 from offloadgen.demo.traffic import TCP_SINK, TCP_SOURCE, UDP_CLIENT, UDP_ECHO, Proc, Programs, Schedule
+from offloadgen.pki import shell_argv
 from offloadgen.profile import load_profile, resolve_profile
 from offloadgen.switchproc import SwitchKind
 from offloadgen.testbed import Testbed, TestbedError
@@ -76,6 +77,8 @@ def run_demo(opts: Options) -> int:
               + (f" over mutual TLS (CA and certificates in {bed.pki.directory})" if bed.pki else ""), flush=True)
         bed.start_controller()
         print(f"  controller running (log {bed.controller_log}); status socket {bed.status_socket}", flush=True)
+        if bed.pki is not None:
+            print(f"  inspect the switch: {' '.join(shell_argv(bed.grpc_addr, bed.pki))}", flush=True)
         return _run_traffic(opts, bed, programs)
     except TestbedError as exc:
         raise UserError(str(exc)) from None

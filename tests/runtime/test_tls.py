@@ -187,3 +187,13 @@ def test_certificate_without_the_dialled_address(kind: str, tmp_path: Path) -> N
         assert "does not name '127.0.0.1'" in text and "--tls-server-name" in text, text
         with SwitchClient(sw.grpc_addr, tls=TlsConfig(named.ca, server_name="localhost")) as c:
             assert c.primary
+
+
+def test_a_silent_peer_is_not_called_a_plaintext_switch(pki: TestPki) -> None:
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        text = connect_error(f"127.0.0.1:{silent.getsockname()[1]}", TlsConfig(pki.ca))
+    assert "accepts connections but did not answer a TLS handshake" in text, text
