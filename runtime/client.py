@@ -8,8 +8,8 @@ backoff and arbitrates again; ``on_connected`` then fires again so the owner can
 no-op when the switch's cookie matches) and re-install state. ``on_connected`` also fires when mastership
 changes on a live stream: the server sends every client an arbitration update when the primary changes (OK
 to the new primary, ALREADY_EXISTS to the backups, with the primary's election id), so a client that another
-with a higher election id displaced learns it here, and learns it again when that client leaves. Several clients, for several switches, can
-exist at once: nothing is module-global.
+with a higher election id displaced learns it here, and learns it again when that client leaves. Several
+clients, for several switches, can exist at once: nothing is module-global.
 """
 
 from __future__ import annotations

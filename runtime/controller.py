@@ -261,6 +261,8 @@ class Controller:
                 hook(ev.payload)
         elif ev.kind == "connected":
             primary, count, primary_eid = ev.payload
+            if primary and not self.client.primary:
+                return  # stale: a newer arbitration update (or a lost stream) came since; its event follows
             self.mastership.primary_election_id = primary_eid
             new_stream = count > self._start_connects
             if not primary:
@@ -301,9 +303,10 @@ class Controller:
         try:
             self._reconnected()
         finally:
-            # after the reconciliation, so the queued work meets tables that match the flowtable again
+            # after the reconciliation, so the queued work meets tables that match the flowtable again; and
+            # only if still primary: a newer loss may have paused the engine (stream thread) since this event
             engine = self.offloader.engine
-            if engine is not None:
+            if engine is not None and self.client.primary:
                 engine.resume()
 
     def _reconnected(self) -> None:
