@@ -197,3 +197,15 @@ def test_a_silent_peer_is_not_called_a_plaintext_switch(pki: TestPki) -> None:
         silent.listen(4)
         text = connect_error(f"127.0.0.1:{silent.getsockname()[1]}", TlsConfig(pki.ca))
     assert "accepts connections but did not answer a TLS handshake" in text, text
+
+
+def test_run_command_names_a_key_of_another_certificate(pki: TestPki, other_pki: TestPki, build_dir: Path,
+                                                        router_config_path: Path, tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "offloadgen.cli", "run", "--config", str(router_config_path),
+                          "--build", str(build_dir), "--switch", free_grpc_addr(), "--status-socket",
+                          str(tmp_path / "c.sock"), "--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert),
+                          "--tls-key", str(other_pki.client_key)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (f"offloadgen run: --tls-key {other_pki.client_key} is not the private key of "
+                                  f"--tls-cert {pki.client_cert} (they do not match); give the key the certificate "
+                                  "was made for")
