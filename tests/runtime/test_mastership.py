@@ -108,7 +108,7 @@ def test_mastership_lost_and_regained(kind: str, build_dir: Path, router_config_
                      "the controller to be primary again and reconcile")
             wait_for(lambda: switch_entries(sw.grpc_addr, pipeline.p4info) == [], 15,
                      "the other primary's entry to be deleted")
-            assert not engine.paused
+            wait_for(lambda: not engine.paused, 10, "the offload engine to resume after the reconciliation")
             text = stats_command(sock)
             assert "mastership: primary\n" in text
             assert counters(text) == {"lost": 1, "regained": 1}, text
