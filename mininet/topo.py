@@ -27,6 +27,7 @@ from mininet.cli import CLI  # noqa: E402
 from mininet.log import setLogLevel  # noqa: E402
 
 from offloadgen.build import build  # noqa: E402
+from offloadgen.pki import shell_argv  # noqa: E402
 from offloadgen.profile import load_profile, resolve_profile  # noqa: E402
 from offloadgen.switchproc import KINDS, find_bmv2  # noqa: E402
 from offloadgen.testbed import Testbed, TestbedError  # noqa: E402
@@ -43,6 +44,8 @@ def main() -> int:
     ap.add_argument("--bmv2", default=None, help="simple_switch_grpc to use (default: the one on PATH)")
     ap.add_argument("--grpc-addr", default=None, help="switch P4Runtime address (default: a free loopback port)")
     ap.add_argument("--out", default=None, help="build and logs here (default: a temporary directory, kept)")
+    ap.add_argument("--tls", action="store_true",
+                    help="serve P4Runtime over mutual TLS (a throwaway CA and certificates in OUT/tls)")
     args = ap.parse_args()
 
     if args.switch == "bmv2" and find_bmv2(args.bmv2) is None:
@@ -64,16 +67,18 @@ def main() -> int:
         stop.set()
 
     bed = Testbed(config, Path(args.config), out / "build", args.switch, profile.cpu_port, args.hosts, out,
-                  sock_dir / "ctl.sock", bmv2=args.bmv2, grpc_addr=args.grpc_addr)
+                  sock_dir / "ctl.sock", bmv2=args.bmv2, grpc_addr=args.grpc_addr, tls=args.tls)
     try:
         with bed:
             bed.start_network()
             bed.start_controller()
-            print(f"\nswitch {args.switch} on {bed.grpc_addr}; logs and build in {out}")
+            print(f"\nswitch {args.switch} on {bed.grpc_addr}{' (mutual TLS)' if bed.pki else ''}; logs and build "
+                  f"in {out}")
             for p in bed.plans:
                 print(f"  {p.name:<4} port {p.port}  {p.mac}  {p.ipv4 or '-'} {p.ipv6 or ''}  gw {p.gw4 or '-'}")
             print(f"query the controller:  offloadgen flows --status-socket {bed.status_socket}")
             print(f"                       offloadgen stats --status-socket {bed.status_socket}")
+            print(f"inspect the switch:    {' '.join(shell_argv(bed.grpc_addr, bed.pki))}")
             if args.cli:
                 CLI(bed.net)
             else:

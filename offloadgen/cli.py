@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_user_error(exc: Exception) -> bool:
     names = {"UserError", "ProfileError", "P4cError", "P4FrontendError", "ConfigError", "P4RuntimeError",
-             "SwitchStartError", "StatusError"}
+             "SwitchStartError", "StatusError", "TlsError", "PkiError"}
     return any(cls.__name__ in names for cls in type(exc).__mro__)
 
 

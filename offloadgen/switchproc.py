@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,47 @@ class SwitchStartError(RuntimeError):
     """The switch could not be started (missing binary, busy port, early exit); says which and how to fix."""
 
 
+@dataclass(frozen=True)
+class SwitchTls:
+    """The switch's side of TLS: the same four options on simple_switch_grpc and softswitch."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None  # to verify client certificates
+    client_auth: bool = False  # --grpc-server-with-client-auth: refuse clients without a certificate from `ca`
+
+    def check(self) -> None:
+        """Raise SwitchStartError for unreadable files or a key of another certificate. BMv2 would log "Invalid
+        private key" and serve nothing; say which option is wrong before starting either switch."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        for path, option in ((self.cert, "--grpc-server-cert"), (self.key, "--grpc-server-key"),
+                             (self.ca, "--grpc-server-cacert")):
+            if path is not None and not os.access(path, os.R_OK):
+                raise SwitchStartError(f"{option} {path}: cannot read it (missing, or no permission)")
+        try:
+            ctx.load_cert_chain(str(self.cert), str(self.key))
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                raise SwitchStartError(f"--grpc-server-key {self.key} is not the private key of --grpc-server-cert "
+                                       f"{self.cert} (they do not match)") from None
+            raise SwitchStartError(f"--grpc-server-cert {self.cert} / --grpc-server-key {self.key}: not a usable "
+                                   f"certificate and key ({exc.reason or exc})") from None
+        if self.ca is not None:
+            try:
+                ctx.load_verify_locations(cafile=str(self.ca))
+            except ssl.SSLError as exc:
+                raise SwitchStartError(f"--grpc-server-cacert {self.ca}: not a usable CA certificate "
+                                       f"({exc.reason or exc})") from None
+
+    def argv(self) -> list[str]:
+        out = ["--grpc-server-ssl", "--grpc-server-cert", str(self.cert), "--grpc-server-key", str(self.key)]
+        if self.ca is not None:
+            out += ["--grpc-server-cacert", str(self.ca)]
+        if self.client_auth:
+            out.append("--grpc-server-with-client-auth")
+        return out
+
+
 @dataclass
 class SwitchSpec:
     kind: SwitchKind = "softswitch"
@@ -45,6 +87,7 @@ class SwitchSpec:
     # BMv2's Thrift (simple_switch_CLI) port; None: a free one, so that two BMv2s (two tests, two runs) never
     # collide on BMv2's own default 9090.
     thrift_port: int | None = None
+    tls: SwitchTls | None = None  # serve P4Runtime over TLS
 
 
 def find_bmv2(explicit: str | None = None) -> str | None:
@@ -75,6 +118,8 @@ def switch_argv(spec: SwitchSpec) -> list[str]:
     if spec.log_level:
         argv += ["--log-console", "--log-level", spec.log_level]
     argv += ["--", "--grpc-server-addr", spec.grpc_addr, "--cpu-port", str(spec.cpu_port), *spec.extra]
+    if spec.tls is not None:
+        argv += spec.tls.argv()
     return argv
 
 
@@ -102,6 +147,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _tls_answers(addr: str, timeout: float) -> bool:
+    """A TLS server answers a handshake there. Not verified: this only asks whether the switch is up, and
+    needs no client certificate for it (a TLS 1.3 server judges that after the handshake)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    host, port = _split_addr(addr)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, ctx.wrap_socket(raw):
+            return True
+    except OSError:
+        return False
+
+
 class SwitchProcess:
     """A running switch; a context manager. `start()` returns once its P4Runtime server answers."""
 
@@ -118,6 +178,8 @@ class SwitchProcess:
 
     def start(self) -> SwitchProcess:
         argv = switch_argv(self.spec)
+        if self.spec.tls is not None:
+            self.spec.tls.check()
         if port_in_use(self.spec.grpc_addr):
             raise SwitchStartError(f"{self.spec.grpc_addr} is already in use; stop the other switch or pick another address")
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
@@ -144,6 +206,8 @@ class SwitchProcess:
     def _grpc_ready(self, timeout: float) -> bool:
         if not port_in_use(self.spec.grpc_addr):
             return False
+        if self.spec.tls is not None:
+            return _tls_answers(self.spec.grpc_addr, timeout)
         channel = grpc.insecure_channel(self.spec.grpc_addr)
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout)

@@ -29,7 +29,8 @@ from mininet.net import Mininet
 from mininet.node import Switch
 
 from offloadgen.netlab import OFFLOADS, disable_offloads, sh
-from offloadgen.switchproc import SwitchKind, SwitchProcess, SwitchSpec, free_grpc_addr
+from offloadgen.pki import TestPki, make_test_pki
+from offloadgen.switchproc import SwitchKind, SwitchProcess, SwitchSpec, SwitchTls, free_grpc_addr
 from runtime.config import RouterConfig
 from runtime.status import StatusError, query
 
@@ -49,7 +50,8 @@ class P4RuntimeSwitch(Switch):
 
     def __init__(self, name: str, kind: SwitchKind = "softswitch", grpc_addr: str = "127.0.0.1:9559",
                  device_id: int = 1, cpu_port: int = 255, bmv2: str | None = None,
-                 log_dir: str | None = None, log_level: str | None = None, **params: Any) -> None:
+                 log_dir: str | None = None, log_level: str | None = None, tls: SwitchTls | None = None,
+                 **params: Any) -> None:
         super().__init__(name, dpid=f"{device_id:016x}", **params)
         self.kind: SwitchKind = kind
         self.grpc_addr = grpc_addr
@@ -58,6 +60,7 @@ class P4RuntimeSwitch(Switch):
         self.bmv2 = bmv2
         self.log_file = Path(log_dir) / f"{name}-{kind}.log" if log_dir else None
         self.log_level = log_level
+        self.tls = tls  # serve P4Runtime over TLS (the controller then needs the matching --tls-* options)
         self.process: SwitchProcess | None = None
 
     def port_map(self) -> dict[int, str]:
@@ -72,8 +75,9 @@ class P4RuntimeSwitch(Switch):
             sh("sysctl", "-qw", f"net.ipv6.conf.{iface}.disable_ipv6=1", check=False)
         spec = SwitchSpec(kind=self.kind, ports=ports, grpc_addr=self.grpc_addr, device_id=self.device_id,
                           cpu_port=self.cpu_port, binary=self.bmv2, log_file=self.log_file,
-                          log_level=self.log_level)
-        info(f"*** Starting {self.kind} {self.name} on {self.grpc_addr} with ports {ports}\n")
+                          log_level=self.log_level, tls=self.tls)
+        info(f"*** Starting {self.kind} {self.name} on {self.grpc_addr}{' (TLS)' if self.tls else ''} with ports "
+             f"{ports}\n")
         self.process = SwitchProcess(spec).start()
 
     def stop(self, deleteIntfs: bool = True) -> None:
@@ -147,11 +151,15 @@ def plan_hosts(config: RouterConfig, lan_hosts: int) -> list[HostPlan]:
 
 
 def controller_argv(config_path: Path, grpc_addr: str, build_dir: Path, kind: SwitchKind,
-                    status_socket: Path) -> list[str]:
-    """`offloadgen -v run ...` with this interpreter, so the controller is the same install as the caller."""
-    return [sys.executable, "-m", "offloadgen.cli", "-v", "run", "--config", str(config_path),
+                    status_socket: Path, pki: TestPki | None = None) -> list[str]:
+    """`offloadgen -v run ...` with this interpreter, so the controller is the same install as the caller;
+    with ``pki``, over mutual TLS with its CA and client certificate."""
+    argv = [sys.executable, "-m", "offloadgen.cli", "-v", "run", "--config", str(config_path),
             "--switch", grpc_addr, "--build", str(build_dir), "--target", kind,
             "--status-socket", str(status_socket)]
+    if pki is not None:
+        argv += ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+    return argv
 
 
 class Testbed:
@@ -164,7 +172,7 @@ class Testbed:
     def __init__(self, config: RouterConfig, config_path: Path, build_dir: Path, kind: SwitchKind,
                  cpu_port: int, lan_hosts: int, log_dir: Path, status_socket: Path,
                  bmv2: str | None = None, grpc_addr: str | None = None, switch_name: str = "s1",
-                 switch_log_level: str | None = None) -> None:
+                 switch_log_level: str | None = None, tls: bool = False) -> None:
         self.config = config
         self.config_path = config_path.resolve()
         self.build_dir = build_dir.resolve()
@@ -180,6 +188,9 @@ class Testbed:
         self.net: Any = None
         self.controller: subprocess.Popen[bytes] | None = None
         self.controller_log = self.log_dir / "controller.log"
+        # tls: a throwaway CA and certificates in <log_dir>/tls; the switch requires a client certificate
+        self.tls = tls
+        self.pki: TestPki | None = None
 
     # -- network ---------------------------------------------------------------------------------------
     def switch_ifaces(self) -> list[str]:
@@ -192,11 +203,15 @@ class Testbed:
             raise TestbedError(f"interface {stale[0]} exists already (another topology running, or one left "
                                f"behind); remove it with `ip link del {stale[0]}`")
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        switch_tls = None
+        if self.tls:
+            self.pki = make_test_pki(self.log_dir / "tls")
+            switch_tls = SwitchTls(self.pki.server_cert, self.pki.server_key, self.pki.ca, client_auth=True)
         net = Mininet(topo=None, build=False, controller=None, autoSetMacs=False, waitConnected=False)
         self.net = net
         switch = net.addSwitch(self.switch_name, cls=P4RuntimeSwitch, kind=self.kind, grpc_addr=self.grpc_addr,
                                cpu_port=self.cpu_port, bmv2=self.bmv2, log_dir=str(self.log_dir),
-                               log_level=self.switch_log_level)
+                               log_level=self.switch_log_level, tls=switch_tls)
         for plan in self.plans:
             host = net.addHost(plan.name, ip=plan.ipv4, mac=plan.mac,
                                defaultRoute=f"via {plan.gw4}" if plan.gw4 else None)
@@ -246,7 +261,8 @@ class Testbed:
     # -- controller ------------------------------------------------------------------------------------
     def start_controller(self, timeout: float = 30.0) -> None:
         """Start `offloadgen run` and return once its status socket answers (polled, no fixed sleep)."""
-        argv = controller_argv(self.config_path, self.grpc_addr, self.build_dir, self.kind, self.status_socket)
+        argv = controller_argv(self.config_path, self.grpc_addr, self.build_dir, self.kind, self.status_socket,
+                               self.pki)
         with open(self.controller_log, "ab") as log:
             self.controller = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                start_new_session=True, cwd=REPO)

@@ -5,8 +5,11 @@ construction (packet-in, idle-timeout, connected/disconnected); handlers run on 
 block -- the controller just queues the event. Unary calls (Write, Read, pipeline) are made from any thread.
 When the stream breaks (the switch restarts, the network drops) the thread reconnects with exponential
 backoff and arbitrates again; ``on_connected`` then fires again so the owner can re-push its pipeline (a
-no-op when the switch's cookie matches) and re-install state. Several clients, for several switches, can
-exist at once: nothing is module-global.
+no-op when the switch's cookie matches) and re-install state. ``on_connected`` also fires when mastership
+changes on a live stream: the server sends every client an arbitration update when the primary changes (OK
+to the new primary, ALREADY_EXISTS to the backups, with the primary's election id), so a client that another
+with a higher election id displaced learns it here, and learns it again when that client leaves. Several
+clients, for several switches, can exist at once: nothing is module-global.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .entities import (
 from .errors import P4RuntimeError, decode_rpc_error
 from .p4info import P4Info
 from .pipeline import Pipeline
+from .tls import TlsConfig, diagnose, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,9 @@ class SwitchClient:
     def __init__(self, address: str, *, device_id: int = 1, election_id: ElectionId = (0, 1),
                  p4info: P4Info | None = None, handlers: StreamHandlers | None = None,
                  reconnect: bool = True, backoff: tuple[float, float] = (0.1, 5.0), rpc_timeout: float = 30.0,
-                 name: str | None = None) -> None:
+                 name: str | None = None, tls: TlsConfig | None = None) -> None:
         self.address = address
+        self.tls = tls
         self.device_id = device_id
         self.election_id = election_id
         self.p4info = p4info
@@ -75,6 +80,9 @@ class SwitchClient:
         self._closed = threading.Event()
         self._arbitrated = threading.Event()
         self._primary = False
+        # the election id the switch last named as the primary's (ours when primary; None: no primary or untold)
+        self.primary_election_id: ElectionId | None = None
+        self.last_stream_error = ""
         self._lock = threading.Lock()
         self.connect_count = 0
         self.packets_out = 0
@@ -93,17 +101,28 @@ class SwitchClient:
         return self._stub
 
     def connect(self, timeout: float = 10.0, *, require_primary: bool = True) -> SwitchClient:
-        """Open the channel, start the stream and wait for the arbitration answer."""
+        """Open the channel, start the stream and wait for the arbitration answer.
+
+        When no answer comes, the address is probed to say why (nothing there, TLS on one side only, wrong CA,
+        client certificate wanted or refused); see :mod:`runtime.tls`."""
+        if self.tls is not None:
+            self.tls.check()  # unreadable files, a key of another certificate: say so now, not after the timeout
         self._closed.clear()
-        self._channel = grpc.insecure_channel(self.address)
+        self.last_stream_error = ""
+        self._channel = open_channel(self.address, self.tls)
         self._stub = p4runtime_pb2_grpc.P4RuntimeStub(self._channel)
         self._thread = threading.Thread(target=self._stream_loop, name=f"p4rt-stream-{self.name}", daemon=True)
         self._thread.start()
         if not self._arbitrated.wait(timeout):
+            last = self.last_stream_error
             self.close()
+            why = diagnose(self.address, self.tls)
+            if why is None:
+                why = ("is the switch running, is this its P4Runtime address, and is its device id "
+                       f"{self.device_id}?" + (f" (last stream error: {last})" if last else ""))
             raise P4RuntimeError("connect", "UNAVAILABLE",
-                                 f"{self.address}: no arbitration answer within {timeout:.0f} s; is the switch "
-                                 "running and is this its P4Runtime address?")
+                                 f"{self.address}: no arbitration answer within {timeout:g} s "
+                                 f"({self.tls.describe() if self.tls else 'plaintext'}): {why}")
         if require_primary and not self._primary:
             self.close()
             raise P4RuntimeError("connect", "PERMISSION_DENIED",
@@ -190,6 +209,7 @@ class SwitchClient:
                 if self.handlers.on_disconnected:
                     self.handlers.on_disconnected(why)
             else:
+                self.last_stream_error = why
                 log.debug("%s: stream attempt failed (%s); retry in %.1f s", self.name, why, delay)
             if not self.reconnect:
                 break
@@ -199,7 +219,10 @@ class SwitchClient:
     def _on_response(self, resp: p4runtime_pb2.StreamMessageResponse) -> None:
         kind = resp.WhichOneof("update")
         if kind == "arbitration":
-            primary = resp.arbitration.status.code == 0
+            arb = resp.arbitration
+            primary = arb.status.code == 0
+            self.primary_election_id = ((arb.election_id.high, arb.election_id.low) if arb.HasField("election_id")
+                                        else None)
             changed = primary != self._primary or not self._arbitrated.is_set()
             self._primary = primary
             first = not self._arbitrated.is_set()
@@ -207,7 +230,8 @@ class SwitchClient:
             if first:
                 self.connect_count += 1
             if changed:
-                log.info("%s: %s for device %d", self.name, "primary" if primary else "backup", self.device_id)
+                log.info("%s: %s for device %d (primary election id %s)", self.name,
+                         "primary" if primary else "backup", self.device_id, format_election_id(self.primary_election_id))
                 if self.handlers.on_connected:
                     self.handlers.on_connected(primary)
         elif kind == "packet":
@@ -231,7 +255,13 @@ class SwitchClient:
         req.put(msg)
 
     def packet_out(self, payload: bytes, **metadata: Value) -> None:
-        """Send a frame out of the switch; ``metadata`` names packet_out fields (``egress_port=4``)."""
+        """Send a frame out of the switch; ``metadata`` names packet_out fields (``egress_port=4``).
+
+        Refused while backup: packet I/O belongs to the primary (P4Runtime spec; PI drops a backup's packet-outs
+        without a word), so the caller learns the frame was not sent instead of believing it was."""
+        if not self._primary:
+            raise P4RuntimeError("packet_out", "PERMISSION_DENIED",
+                                 f"{self.name}: not the primary for device {self.device_id}; a backup cannot send packets")
         if self.p4info is None:
             raise P4RuntimeError("packet_out", "FAILED_PRECONDITION", "no P4Info: push or set a pipeline first")
         msg = p4runtime_pb2.StreamMessageRequest()
@@ -342,3 +372,10 @@ class SwitchClient:
         if self.p4info is None:
             return {}
         return {f.name: f.bitwidth for f in self.p4info.packet_metadata("packet_out")}
+
+
+def format_election_id(eid: ElectionId | None) -> str:
+    """As users give it: the low word alone when the high word is zero (``--election-id 20``), else high:low."""
+    if eid is None:
+        return "none"
+    return str(eid[1]) if eid[0] == 0 else f"{eid[0]}:{eid[1]}"

@@ -7,6 +7,15 @@ tick every second (conntrack GC, flowtable GC, neighbour probes). The offload en
 from its own thread. Other threads read state through snapshots (conntrack and the flowtable have locks).
 On reconnection (the switch restarted) the worker re-pushes the pipeline -- skipped when the cookie
 matches -- and reconciles the flow tables (re-installing what a restarted switch lost).
+
+Mastership: when another client takes primary with a higher election id, the controller becomes a backup.
+It says so at WARNING, stops the offload engine's writes at once (a backup's writes are refused; queued work
+waits, flows stay on the software path), and keeps its configured election id: it does not bid higher, so
+two controllers never fight, and it stays backup until the other client leaves or lowers its id. The switch
+then makes it primary again (PI and softswitch promote the next highest live client and tell every client),
+and the controller re-checks the pipeline and reconciles the flow tables as at start, since the other
+primary may have changed them. While backup no packet-ins arrive (the switch sends them to the primary
+only) and packet-outs would be dropped, so the slow path forwards nothing: the primary handles traffic.
 """
 
 from __future__ import annotations
@@ -19,9 +28,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from .client import ElectionId, StreamHandlers, SwitchClient
+from .client import ElectionId, StreamHandlers, SwitchClient, format_election_id
 from .config import RouterConfig
 from .conntrack import Conn, Conntrack, CtEvent, CtRecord, Timeouts
 from .entities import IdleTimeout, PacketIn
@@ -29,6 +39,7 @@ from .errors import P4RuntimeError
 from .offloader import Offloader
 from .pipeline import Pipeline
 from .slowpath import SlowPath
+from .tls import TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +52,38 @@ class _Event:
     payload: Any = None
 
 
+@dataclass(slots=True)
+class Mastership:
+    """Whether the controller is the switch's primary, since when, and how often that changed."""
+
+    primary: bool = True
+    since: float = 0.0  # wall-clock time of the last change (time.time())
+    primary_election_id: ElectionId | None = None  # the primary's, as the switch last said
+    lost: int = 0
+    regained: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"primary": self.primary, "since": self.since,
+                "since_utc": datetime.fromtimestamp(self.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+                "primary_election_id": format_election_id(self.primary_election_id), "lost": self.lost,
+                "regained": self.regained}
+
+
 class Controller:
     """A context manager: ``with Controller(config, pipeline, "127.0.0.1:9559") as ctl: ctl.wait()``."""
 
     def __init__(self, config: RouterConfig, pipeline: Pipeline, address: str, *, device_id: int = 1,
                  election_id: ElectionId = (0, 1), clock: Callable[[], int] = time.monotonic_ns,
                  timeouts: Timeouts | None = None, tcp_loose: bool = True, queue_size: int = 65536,
-                 flush_on_stop: bool = True) -> None:
+                 flush_on_stop: bool = True, connect_timeout: float = 10.0, tls: TlsConfig | None = None) -> None:
         self.config = config
+        self.connect_timeout = connect_timeout
         self.pipeline = pipeline
         self.clock = clock
         self.client = SwitchClient(address, device_id=device_id, election_id=election_id, p4info=pipeline.p4info,
                                    handlers=StreamHandlers(self._on_packet_in, self._on_idle_timeout,
-                                                           self._on_connected, self._on_disconnected))
+                                                           self._on_connected, self._on_disconnected), tls=tls)
+        self.mastership = Mastership(since=time.time(), primary_election_id=election_id)
         self.conntrack = Conntrack(clock, timeouts=timeouts, tcp_loose=tcp_loose)
         self.slowpath = SlowPath(config, clock=clock, emit=self._emit, conntrack=self.conntrack)
         self.conntrack.subscribe(self._log_event)
@@ -76,8 +106,8 @@ class Controller:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, connect_timeout: float = 10.0) -> Controller:
-        self.client.connect(connect_timeout)
+    def start(self, connect_timeout: float | None = None) -> Controller:
+        self.client.connect(self.connect_timeout if connect_timeout is None else connect_timeout)
         pushed = self.client.set_pipeline(self.pipeline)
         log.info("connected to %s; pipeline %s", self.client.address, "pushed" if pushed else "already there")
         self._start_connects = self.client.connect_count
@@ -155,7 +185,8 @@ class Controller:
         return {
             "flows": lambda req: self.offloader.flows(),
             "conntrack": lambda req: [r.to_dict() for r in self.snapshot()],
-            "stats": lambda req: {"flowtable": self.offloader.stats(), "controller": self.stats()},
+            "stats": lambda req: {"flowtable": self.offloader.stats(), "controller": self.stats(),
+                                  "mastership": self.mastership.to_dict()},
             "entries": lambda req: self.offloader.entries(),
         }
 
@@ -174,7 +205,11 @@ class Controller:
         self._put(_Event("idle", note))
 
     def _on_connected(self, primary: bool) -> None:
-        self._put(_Event("connected", (primary, self.client.connect_count)))
+        if not primary:
+            # Gate the writes here, on the stream thread, not when the worker gets to the event: the engine
+            # would otherwise keep writing as a backup meanwhile and have every batch refused.
+            self._pause_writes()
+        self._put(_Event("connected", (primary, self.client.connect_count, self.client.primary_election_id)))
 
     def _on_disconnected(self, why: str) -> None:
         self._put(_Event("disconnected", why))
@@ -226,12 +261,54 @@ class Controller:
             for hook in self.on_idle_timeout:
                 hook(ev.payload)
         elif ev.kind == "connected":
-            primary, count = ev.payload
-            if primary and count > self._start_connects:
+            primary, count, primary_eid = ev.payload
+            if primary and not self.client.primary:
+                return  # stale: a newer arbitration update (or a lost stream) came since; its event follows
+            self.mastership.primary_election_id = primary_eid
+            new_stream = count > self._start_connects
+            if not primary:
+                self._start_connects = count
+                self._mastership_lost(primary_eid)
+            elif not self.mastership.primary:
+                self._start_connects = count
+                self._mastership_regained()
+            elif new_stream:
                 self._start_connects = count
                 self._reconnected()
         elif ev.kind == "disconnected":
             log.warning("switch connection lost: %s", ev.payload)
+
+    def _pause_writes(self) -> None:
+        engine = self.offloader.engine
+        if engine is not None:
+            engine.pause()
+
+    def _mastership_lost(self, primary_eid: ElectionId | None) -> None:
+        self._pause_writes()
+        if not self.mastership.primary:
+            return
+        self.mastership.primary = False
+        self.mastership.since = time.time()
+        self.mastership.lost += 1
+        log.warning("mastership lost: %s made another client primary for device %d (its election id %s, ours %s); "
+                    "backup now: no writes to the switch, its traffic goes to that controller; primary again when "
+                    "it leaves", self.client.address, self.client.device_id, format_election_id(primary_eid),
+                    format_election_id(self.client.election_id))
+
+    def _mastership_regained(self) -> None:
+        self.mastership.primary = True
+        self.mastership.since = time.time()
+        self.mastership.regained += 1
+        log.warning("mastership regained: primary again for device %d on %s; checking the pipeline and "
+                    "reconciling the flow tables", self.client.device_id, self.client.address)
+        try:
+            self._reconnected()
+        finally:
+            # after the reconciliation, so the queued work meets tables that match the flowtable again; and
+            # only if still primary: a newer loss may have paused the engine (stream thread) since this event
+            engine = self.offloader.engine
+            if engine is not None and self.client.primary:
+                engine.resume()
 
     def _reconnected(self) -> None:
         try:
@@ -239,7 +316,7 @@ class Controller:
         except P4RuntimeError as exc:
             log.error("re-pushing the pipeline after reconnection failed: %s", exc)
             return
-        log.info("reconnected to %s", self.client.address)
+        log.info("primary on %s with the pipeline in place", self.client.address)
         self.offloader.reconcile()
         for hook in self.on_reconnect:
             hook()

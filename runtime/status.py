@@ -113,7 +113,10 @@ def _alive(path: Path) -> bool:
 
 
 def query(cmd: str, path: str | Path = DEFAULT_SOCKET, timeout: float = 10.0, **args: Any) -> Any:
-    """Ask the running controller; raise StatusError with a hint when it is not running."""
+    """Ask the running controller; raise StatusError with a hint when it is not running or does not answer.
+
+    A controller whose worker is stuck (a long pipeline push, a hung switch) accepts the connection but answers
+    late; that is a message for the user, not a socket traceback."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
@@ -123,14 +126,26 @@ def query(cmd: str, path: str | Path = DEFAULT_SOCKET, timeout: float = 10.0, **
                               "--status-socket)") from None
         except PermissionError:
             raise StatusError(f"{path}: permission denied; run as the user that started the controller") from None
-        s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        except TimeoutError:
+            raise StatusError(f"{path}: the controller did not accept the connection within {timeout:g} s; it is "
+                              "busy or hung (see its log); retry, or give a longer --timeout") from None
         buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(1 << 16)
-            if not chunk:
-                raise StatusError(f"{path}: the controller closed the connection without answering")
-            buf += chunk
-    answer = json.loads(buf)
-    if not answer.get("ok"):
-        raise StatusError(f"controller: {answer.get('error')}")
+        try:
+            s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    raise StatusError(f"{path}: the controller closed the connection without answering")
+                buf += chunk
+        except TimeoutError:
+            raise StatusError(f"{path}: the controller did not answer {cmd!r} within {timeout:g} s; it is busy or "
+                              "hung (see its log); retry, or give a longer --timeout") from None
+        except OSError as exc:
+            raise StatusError(f"{path}: the connection to the controller failed: {exc.strerror or exc}") from None
+    try:
+        answer = json.loads(buf)
+    except ValueError:
+        raise StatusError(f"{path}: the answer is not JSON; is this an offloadgen controller's status socket?") from None
+    if not isinstance(answer, dict) or not answer.get("ok"):
+        raise StatusError(f"controller: {answer.get('error') if isinstance(answer, dict) else answer}")
     return answer.get("data")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import ssl
 import sys
 import threading
 from pathlib import Path
@@ -115,9 +116,31 @@ def _read_pem(path: str | None, what: str) -> bytes | None:
     if path is None:
         return None
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
-        raise UsageError(f"--grpc-server-{what} {path}: {exc.strerror}") from None
+        raise UsageError(f"--grpc-server-{what} {path}: cannot read it: {exc.strerror}") from None
+    if b"-----BEGIN" not in data:
+        raise UsageError(f"--grpc-server-{what} {path}: not a PEM file (no -----BEGIN line)")
+    return data
+
+
+def _check_tls_files(cert: str, key: str, cacert: str | None) -> None:
+    """Load the files the way the TLS library will, so that a key of another certificate or a broken CA file
+    is named here; gRPC would only refuse to listen, which reads like a busy address."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise UsageError(f"--grpc-server-key {key} is not the private key of --grpc-server-cert {cert} (they do "
+                             "not match); give the key the certificate was made for") from None
+        raise UsageError(f"--grpc-server-cert {cert} / --grpc-server-key {key}: not a usable certificate and key "
+                         f"({exc.reason or exc})") from None
+    if cacert is not None:
+        try:
+            ctx.load_verify_locations(cafile=cacert)
+        except ssl.SSLError as exc:
+            raise UsageError(f"--grpc-server-cacert {cacert}: not a usable CA certificate ({exc.reason or exc})") from None
 
 
 def tls_options(t: argparse.Namespace) -> TlsOptions | None:
@@ -132,6 +155,7 @@ def tls_options(t: argparse.Namespace) -> TlsOptions | None:
     cacert = _read_pem(t.grpc_server_cacert, "cacert")
     if t.grpc_server_with_client_auth and cacert is None:
         raise UsageError("--grpc-server-with-client-auth needs --grpc-server-cacert to verify clients")
+    _check_tls_files(t.grpc_server_cert, t.grpc_server_key, t.grpc_server_cacert)
     return TlsOptions(cert, key, cacert, t.grpc_server_with_client_auth)
 
 

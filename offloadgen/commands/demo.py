@@ -36,6 +36,9 @@ def register(sub: Any) -> None:
                    help="seconds of traffic and watching, from the first packet; it ends sooner once every flow "
                         "has left the flowtable (default 65: room for the 30 s UDP idle timeout after the traffic, plus the GC)")
     p.add_argument("--quick", action="store_true", help=f"a shorter run ({QUICK_DURATION:.0f} s), for tests")
+    p.add_argument("--tls", action="store_true",
+                   help="serve P4Runtime over mutual TLS: a throwaway CA and certificates in OUT/tls, the switch with "
+                        "--grpc-server-ssl and client authentication, the controller with --tls-ca/--tls-cert/--tls-key")
     p.add_argument("--bmv2", default=None, help="simple_switch_grpc to use (default: the one on PATH)")
     p.add_argument("--p4c", default=None, help="p4c-bm2-ss to use (default: the one on PATH)")
     p.set_defaults(func=run)
@@ -69,4 +72,4 @@ def run(args: argparse.Namespace) -> int:
 
     return run_demo(Options(switch=args.switch, profile=args.profile, config=config.resolve(),
                             out=Path(args.out).resolve(), hosts=args.hosts, duration=duration, bmv2=args.bmv2,
-                            p4c=args.p4c))
+                            p4c=args.p4c, tls=args.tls))

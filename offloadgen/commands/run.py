@@ -1,4 +1,5 @@
-"""`offloadgen run --config router.toml [--switch ADDR] [--build DIR] [--target softswitch|bmv2]`.
+"""`offloadgen run --config router.toml [--switch ADDR] [--build DIR] [--target softswitch|bmv2]
+[--tls-ca CA.pem [--tls-cert CLIENT.pem --tls-key CLIENT.key]]`.
 
 Runs the controller in the foreground and serves its state on the status socket, where `offloadgen flows`,
 `stats` and `entries` read it.
@@ -19,6 +20,7 @@ from runtime.conntrack import format_conntrack
 from runtime.controller import Controller
 from runtime.pipeline import TARGETS, load_build
 from runtime.status import DEFAULT_SOCKET, StatusServer
+from runtime.tls import TlsConfig
 
 log = logging.getLogger("offloadgen.run")
 
@@ -34,7 +36,15 @@ def register(sub: Any) -> None:
     p.add_argument("--election-id", type=int, default=10,
                    help="arbitration election id, low 64 bits (default 10: backups such as p4runtime-shell with its "
                         "default 1 can then connect beside the controller and read)")
-    p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the switch (default 10)")
+    p.add_argument("--connect-timeout", type=float, default=10.0,
+                   help="seconds to wait for the switch's arbitration answer (default 10)")
+    tls = p.add_argument_group("TLS", "the switch serves P4Runtime over TLS (simple_switch_grpc/softswitch "
+                               "--grpc-server-ssl); mutual TLS when --tls-cert and --tls-key are given")
+    tls.add_argument("--tls-ca", metavar="PEM", help="CA certificate that signed the switch's certificate; turns TLS on")
+    tls.add_argument("--tls-cert", metavar="PEM", help="client certificate (for --grpc-server-with-client-auth)")
+    tls.add_argument("--tls-key", metavar="PEM", help="the client certificate's private key")
+    tls.add_argument("--tls-server-name", metavar="NAME",
+                     help="name to check the switch's certificate against when it does not list the --switch host")
     p.add_argument("--status-socket", default=DEFAULT_SOCKET,
                    help=f"Unix socket for `offloadgen flows/stats/entries` (default {DEFAULT_SOCKET})")
     p.add_argument("--keep-entries", action="store_true",
@@ -43,8 +53,19 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def tls_config(args: argparse.Namespace) -> TlsConfig | None:
+    """TLS is on when any TLS option is given; without --tls-ca the system's CA store verifies the switch."""
+    if not (args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
+        return None
+    tls = TlsConfig(Path(args.tls_ca) if args.tls_ca else None, Path(args.tls_cert) if args.tls_cert else None,
+                    Path(args.tls_key) if args.tls_key else None, args.tls_server_name)
+    tls.check()
+    return tls
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    tls = tls_config(args)
     pipeline = load_build(Path(args.build), args.target)
     stop = threading.Event()
 
@@ -59,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("runtime.offloader").setLevel(logging.INFO)  # [OFFLOAD] / [HW_OFFLOAD] transitions
     try:
         ctl = Controller(config, pipeline, args.switch, device_id=args.device_id,
-                         election_id=(0, args.election_id), flush_on_stop=not args.keep_entries)
+                         election_id=(0, args.election_id), flush_on_stop=not args.keep_entries,
+                         connect_timeout=args.connect_timeout, tls=tls)
         status = StatusServer(args.status_socket)
         for name, handler in ctl.status_handlers().items():
             status.register(name, handler)

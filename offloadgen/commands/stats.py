@@ -36,4 +36,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key:<18} {ctl[key]:>12}  {what}")
     print(f"{'reconciliations':<18} {extra.get('reconciles', 0):>12}  (flows rebuilt from switch entries: "
           f"{extra.get('rebuilt', 0)})")
+    if "mastership" in data:
+        print()
+        print(format_mastership(data["mastership"]))
     return 0
+
+
+def format_mastership(m: dict[str, Any]) -> str:
+    """``mastership: primary`` or ``mastership: backup since <time> (primary election id X)``, then the counters:
+    a backup writes nothing to the switch, so this is the first place to look when offload stopped."""
+    if m["primary"]:
+        head = "mastership: primary"
+    else:
+        head = f"mastership: backup since {m['since_utc']} (primary election id {m['primary_election_id']})"
+    return f"{head}\n{'  lost':<18} {m['lost']:>12}\n{'  regained':<18} {m['regained']:>12}"

@@ -7,7 +7,12 @@ time axis, so a flow turning [HW_OFFLOAD] lines up with the slow-path rate falli
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+DPI = 110
 
 COLOURS = {"slow_path": "#d62728", "offloaded": "#ff7f0e", "hw_offloaded": "#2ca02c", "closing": "#9467bd",
            "teardown": "#8c564b", "dying": "#7f7f7f", "left": "#c7c7c7"}
@@ -16,6 +21,18 @@ LABELS = {"slow_path": "slow path", "offloaded": "[OFFLOAD]", "hw_offloaded": "[
 
 
 def draw(report: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(report)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def figure(report: dict[str, Any]) -> Figure:
+    """The timeline as a matplotlib figure (separate from :func:`draw` so a test can measure where the labels
+    landed). Laid out by matplotlib's constrained layout, which reserves room for every tick label: the flow
+    labels ("tcp 10.0.1.10:43512 -> 192.0.2.20:5201") are far wider than the other panels' numbers, and
+    ``tight_layout`` with a figure-level legend cut them off at the left edge."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +43,7 @@ def draw(report: dict[str, Any], path: Path) -> None:
     samples = report["samples"]
     end_t = max([s["t"] for s in samples] + [0.0])
     fig, (ax_pps, ax_tp, ax_fl) = plt.subplots(
-        3, 1, sharex=True, figsize=(11, 3.2 + 2.6 + 0.35 * max(3, len(flows))),
+        3, 1, sharex=True, figsize=(11, 3.2 + 2.6 + 0.35 * max(3, len(flows))), layout="constrained",
         gridspec_kw={"height_ratios": [3, 2.2, max(1.5, 0.3 * len(flows))]})
     fig.suptitle(f"offloadgen demo on {report.get('switch')}: packets per path, throughput, flow states")
 
@@ -67,7 +84,5 @@ def draw(report: dict[str, Any], path: Path) -> None:
     ax_fl.set_xlabel("seconds since the traffic started")
     ax_fl.set_xlim(0, max(end_t, 1.0))
     fig.legend(handles=[Patch(color=c, label=LABELS[s]) for s, c in COLOURS.items()], fontsize=8,
-               loc="lower center", ncol=len(COLOURS), frameon=False)
-    fig.tight_layout(rect=(0, 0.035, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+               loc="outside lower center", ncol=len(COLOURS), frameon=False)
+    return fig

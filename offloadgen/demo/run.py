@@ -25,6 +25,7 @@ from offloadgen.cli import UserError
 from offloadgen.demo import plot, report
 from offloadgen.demo.track import FlowTrack, Tracker
 from offloadgen.demo.traffic import TCP_SINK, TCP_SOURCE, UDP_CLIENT, UDP_ECHO, Proc, Programs, Schedule
+from offloadgen.pki import shell_argv
 from offloadgen.profile import load_profile, resolve_profile
 from offloadgen.switchproc import SwitchKind
 from offloadgen.testbed import Testbed, TestbedError
@@ -44,6 +45,7 @@ class Options:
     duration: float
     bmv2: str | None = None
     p4c: str | None = None
+    tls: bool = False  # the switch serves mutual TLS; the controller uses a throwaway CA's certificates
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
@@ -66,14 +68,17 @@ def run_demo(opts: Options) -> int:
     sock_dir = Path(tempfile.mkdtemp(prefix="ogdemo-"))  # short: a Unix socket path is at most 107 bytes
     programs = Programs()
     bed = Testbed(config, opts.config, opts.out / "build", opts.switch, profile.cpu_port, opts.hosts, opts.out,
-                  sock_dir / "ctl.sock", bmv2=opts.bmv2)
+                  sock_dir / "ctl.sock", bmv2=opts.bmv2, tls=opts.tls)
     old_term = signal.signal(signal.SIGTERM, _sigterm)
     try:
         bed.start_network()
         print(f"  topology: {', '.join(f'{p.name} {p.ipv4} (port {p.port})' for p in bed.plans)}; "
-              f"{opts.switch} on {bed.grpc_addr}", flush=True)
+              f"{opts.switch} on {bed.grpc_addr}"
+              + (f" over mutual TLS (CA and certificates in {bed.pki.directory})" if bed.pki else ""), flush=True)
         bed.start_controller()
         print(f"  controller running (log {bed.controller_log}); status socket {bed.status_socket}", flush=True)
+        if bed.pki is not None:
+            print(f"  inspect the switch: {' '.join(shell_argv(bed.grpc_addr, bed.pki))}", flush=True)
         return _run_traffic(opts, bed, programs)
     except TestbedError as exc:
         raise UserError(str(exc)) from None

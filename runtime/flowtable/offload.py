@@ -91,8 +91,27 @@ class OffloadEngine:
         self._orphans: dict[tuple[str, tuple[tuple[str, int | bytes], ...]], FlowUpdate] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # Cleared while the controller is not the switch's primary: a backup's writes are refused, so adds and
+        # deletes wait in their queues (flows stay on the software path) instead of failing and being counted as
+        # errors. Stats reads go on -- a backup may read -- so flows the switch still forwards stay alive.
+        self._writable = threading.Event()
+        self._writable.set()
         self._thread: threading.Thread | None = None
         flowtable.attach(self)
+
+    # ------------------------------------------------------------------------ the writable gate
+
+    def pause(self) -> None:
+        """Stop writing (mastership lost); queued and new adds and deletes wait until :meth:`resume`."""
+        self._writable.clear()
+
+    def resume(self) -> None:
+        self._writable.set()
+        self._wake.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._writable.is_set()
 
     # ----------------------------------------------------------------------------- queueing (HwOffload)
 
@@ -147,6 +166,8 @@ class OffloadEngine:
     def flush(self) -> list[UpdateResult] | str:
         """Delete every entry the controller may have on the switch, in one batch (clean shutdown): the
         switch is left holding nothing it would forward without a controller to account for it."""
+        if not self._writable.is_set():
+            return "not the switch's primary: its entries are left to the primary"
         with self.lock:
             ups = [delete_for(f.dirs[d].tuple, self.caps) for f in self.ft.flows() for d in (0, 1)
                    if (f.hw_installed & (1 << d) or f.flags & F.HW_PENDING) and f.family in self.caps.tables]
@@ -177,10 +198,12 @@ class OffloadEngine:
 
     def run_once(self) -> int:
         """Drain up to one batch from each queue: deletes first (they free table space for the adds), then
-        adds, then stats reads, then orphan deletes. Returns the number of work items handled."""
+        adds, then stats reads, then orphan deletes. Returns the number of work items handled. While paused
+        only the stats reads are done."""
+        writable = self._writable.is_set()
         with self.lock:
-            dels = self._pop(self._del_q)
-            adds = self._pop(self._add_q)
+            dels = self._pop(self._del_q) if writable else []
+            adds = self._pop(self._add_q) if writable else []
             stats = self._pop(self._stats_q)
         if dels:
             self._work_del(dels)
@@ -188,7 +211,8 @@ class OffloadEngine:
             self._work_add(adds)
         if stats:
             self._work_stats(stats)
-        self._work_orphans()
+        if writable:
+            self._work_orphans()
         return len(dels) + len(adds) + len(stats)
 
     def _pop(self, q: collections.deque[Flow]) -> list[Flow]:

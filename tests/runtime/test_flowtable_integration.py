@@ -28,6 +28,7 @@ from hostapps import TCP_CLIENT, TCP_SERVER, UDP_CLIENT, UDP_SERVER, start_serve
 
 from offloadgen.build import build
 from offloadgen.netlab import Host, Netlab
+from offloadgen.pki import shell_python
 from offloadgen.profile import load_profile, shipped_profile
 from offloadgen.switchproc import SwitchProcess, SwitchSpec, free_grpc_addr, free_port
 
@@ -667,7 +668,7 @@ SHELL_INPUT = 'te = table_entry["flow_v4"]\nte.counter_data\nte.read(lambda e: p
 
 
 #: p4runtime-shell pins protobuf<3.21, so it has its own environment beside .venv.
-SHELL_PYTHON = Path(__file__).resolve().parents[2] / ".venv-shell" / "bin" / "python"
+SHELL_PYTHON = Path(shell_python())
 
 
 def shell_bytes(value: int) -> str:

@@ -62,3 +62,21 @@ def test_offloadgen_run_command(kind: str, build_dir: Path, router_config_path: 
             assert rc == 0, text
             assert "Traceback" not in text, text
             assert "icmp src=10.0.1.10 dst=192.0.2.20" in text
+
+
+def test_connect_timeout_is_honoured(build_dir: Path, router_config_path: Path, tmp_path: Path) -> None:
+    """--connect-timeout used to be ignored (always 10 s). A peer that accepts but never answers stands in for
+    a switch that does not arbitrate; the error names the timeout given."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        addr = f"127.0.0.1:{silent.getsockname()[1]}"
+        out = subprocess.run([sys.executable, "-m", "offloadgen.cli", "run", "--config", str(router_config_path),
+                              "--build", str(build_dir), "--switch", addr, "--connect-timeout", "1.5",
+                              "--status-socket", str(tmp_path / "c.sock")],
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"{addr}: no arbitration answer within 1.5 s (plaintext)" in out.stderr, out.stderr

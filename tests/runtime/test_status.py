@@ -45,3 +45,32 @@ def test_second_server_on_the_same_socket_is_refused(tmp_path: Path) -> None:
     with StatusServer(sock) as s2:
         s2.register("x", lambda req: 2)
         assert query("x", sock) == 2
+
+
+def _silent_listener(path: Path) -> socket.socket:
+    """A status socket whose controller accepts but never answers (its worker is stuck)."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(4)
+    return srv
+
+
+def test_a_controller_that_does_not_answer_is_a_clear_error(tmp_path: Path) -> None:
+    sock = tmp_path / "stuck.sock"
+    with _silent_listener(sock), pytest.raises(StatusError, match=r"did not answer 'flows' within 0.3 s; it is busy"):
+        query("flows", sock, timeout=0.3)
+
+
+def test_flows_command_on_a_silent_controller_prints_one_line(tmp_path: Path) -> None:
+    """`offloadgen flows` used to print a socket.timeout traceback here."""
+    import subprocess
+    import sys
+
+    sock = tmp_path / "stuck.sock"
+    with _silent_listener(sock):
+        out = subprocess.run([sys.executable, "-m", "offloadgen.cli", "flows", "--status-socket", str(sock),
+                              "--timeout", "0.5"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip() == (f"offloadgen flows: {sock}: the controller did not answer 'flows' within 0.5 s; "
+                                  "it is busy or hung (see its log); retry, or give a longer --timeout")
