@@ -35,6 +35,10 @@ def ports(sw: Switch) -> tuple[int, int]:
 
 
 def send(sw: Switch, port: int, pkt: Packet) -> list[tuple[int, bytes]]:
+    """A frame built for the router (to LAN_MAC) is addressed to the ingress port's own MAC, changed in place
+    so that the caller compares against what was sent: frames to another host's MAC are dropped."""
+    if Ether in pkt and pkt[Ether].dst == LAN_MAC:
+        pkt[Ether].dst = sw.profile.port(port).mac
     return sw.dp.process(port, bytes(pkt))
 
 
