@@ -25,7 +25,6 @@ PUNT_REASONS: tuple[tuple[str, str], ...] = (
     ("tcp_fin_rst", "TCP FIN or RST: the connection is closing"),
     ("mtu", "larger than the egress port's MTU"),
     ("other_proto", "neither TCP nor UDP"),
-    ("trailing", "bytes after the IP packet (Ethernet padding): the slow path trims them as ip_rcv does"),
     ("mcast_mac", "IP to a broadcast/multicast MAC: ip_forward forwards only frames addressed to the router"),
     ("to_cpu", "the flow entry's output port is the CPU port"),
 )

@@ -35,9 +35,8 @@ enum bit<8> punt_reason_t {
     TCP_FIN_RST = 7,
     MTU = 8,
     OTHER_PROTO = 9,
-    TRAILING = 10,
-    MCAST_MAC = 11,
-    TO_CPU = 12
+    MCAST_MAC = 10,
+    TO_CPU = 11
 }
 
 /* Why the program drops a frame; 0 is "not dropped". */
@@ -140,7 +139,12 @@ struct metadata_t {
     ipv4_addr_t nat_daddr;
     bit<16> nat_sport;
     bit<16> nat_dport;
-    bit<16> l4_len;
+    /* The ones' complements of what NAT replaces, for the incremental transport checksum update. */
+    bit<16> inv_l4_csum;
+    ipv4_addr_t inv_saddr;
+    ipv4_addr_t inv_daddr;
+    bit<16> inv_sport;
+    bit<16> inv_dport;
 }
 
 parser ft_parser(packet_in pkt, out headers_t hdr, inout metadata_t meta,
@@ -202,7 +206,7 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
     direct_counter(CounterType.packets_and_bytes) flow_v4_counter;
     direct_counter(CounterType.packets_and_bytes) flow_v6_counter;
     /* Packets and bytes sent to the CPU, indexed by punt reason. */
-    counter(13, CounterType.packets_and_bytes) punt_counter;
+    counter(12, CounterType.packets_and_bytes) punt_counter;
     /* Frames dropped, indexed by drop reason (DROP_*). */
     counter(6, CounterType.packets_and_bytes) drop_counter;
 
@@ -399,11 +403,6 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
                 /* The control plane must see the close to tear the flow down. */
                 meta.punt_reason = punt_reason_t.TCP_FIN_RST;
             }
-            if (meta.punt_reason == punt_reason_t.NONE && meta.l3_len < meta.frame_l3_len) {
-                /* Linux trims the frame to the IP length before NAT sums the transport payload; the checksum
-                   pass here would sum the extra bytes, so the slow path trims them. */
-                meta.punt_reason = punt_reason_t.TRAILING;
-            }
             if (meta.punt_reason == punt_reason_t.NONE && hdr.ethernet.dst_addr[40:40] == 1) {
                 /* ip_forward forwards only frames addressed to the router (PACKET_HOST). */
                 meta.punt_reason = punt_reason_t.MCAST_MAC;
@@ -441,13 +440,20 @@ if (hdr.ipv4.isValid()) {
                 if (hdr.ipv4.isValid()) {
                     hdr.ipv4.ttl = hdr.ipv4.ttl - 1;
                     if (meta.nat == 1) {
+                        meta.inv_saddr = ~hdr.ipv4.src_addr;
+                        meta.inv_daddr = ~hdr.ipv4.dst_addr;
                         hdr.ipv4.src_addr = meta.nat_saddr;
                         hdr.ipv4.dst_addr = meta.nat_daddr;
-                        meta.l4_len = hdr.ipv4.total_len - 20;
                         if (hdr.tcp.isValid()) {
+                            meta.inv_l4_csum = ~hdr.tcp.checksum;
+                            meta.inv_sport = ~hdr.tcp.src_port;
+                            meta.inv_dport = ~hdr.tcp.dst_port;
                             hdr.tcp.src_port = meta.nat_sport;
                             hdr.tcp.dst_port = meta.nat_dport;
                         } else if (hdr.udp.isValid()) {
+                            meta.inv_l4_csum = ~hdr.udp.checksum;
+                            meta.inv_sport = ~hdr.udp.src_port;
+                            meta.inv_dport = ~hdr.udp.dst_port;
                             hdr.udp.src_port = meta.nat_sport;
                             hdr.udp.dst_port = meta.nat_dport;
                         }
@@ -475,6 +481,11 @@ if (hdr.ipv4.isValid()) {
 control egress(inout headers_t hdr, inout metadata_t meta,
                inout standard_metadata_t standard_metadata) {
     apply {
+        if (meta.fwd == 1 && meta.l3_len < meta.frame_l3_len) {
+            /* Bytes after the IP packet (Ethernet padding, junk): Linux trims them (pskb_trim in ip_rcv), so the
+               frame leaves as long as its headers and the IP packet. truncate counts the deparsed frame. */
+            truncate((bit<32>) meta.l3_len + 14);
+        }
     }
 }
 
@@ -496,18 +507,20 @@ control ft_compute_checksum(inout headers_t hdr, inout metadata_t meta) {
               hdr.ipv4.identification, hdr.ipv4.flags, hdr.ipv4.frag_offset, hdr.ipv4.ttl,
               hdr.ipv4.protocol, hdr.ipv4.src_addr, hdr.ipv4.dst_addr },
             hdr.ipv4.hdr_checksum, HashAlgorithm.csum16);
-        /* NAT changes the pseudo-header and the ports, so the transport checksum is computed again over the
-           header and payload; IPv6 is forwarded without NAT and its transport checksum stays valid. Only on
-           the fast path: a punted packet (an MTU punt of a NAT flow too) reaches the controller as it arrived. */
-        update_checksum_with_payload(hdr.tcp.isValid() && meta.nat == 1 && meta.fwd == 1,
-            { hdr.ipv4.src_addr, hdr.ipv4.dst_addr, 8w0, hdr.ipv4.protocol, meta.l4_len,
-              hdr.tcp.src_port, hdr.tcp.dst_port, hdr.tcp.seq_no, hdr.tcp.ack_no, hdr.tcp.data_offset,
-              hdr.tcp.res, hdr.tcp.flags, hdr.tcp.window, hdr.tcp.urgent_ptr },
+        /* NAT changes the pseudo-header's addresses and the ports: the transport checksum is updated
+           incrementally, as the kernel's inet_proto_csum_replace4 does (RFC 1624 eqn. 3: ~(~HC + ~m + m'),
+           which is csum16 over the complemented old values and the new ones). The payload is never summed, so
+           bytes after the IP packet do not count and a wrong checksum stays wrong, as in Linux. IPv6 is
+           forwarded without NAT and its transport checksum stays valid. Only on the fast path: a punted packet
+           (an MTU punt of a NAT flow too) reaches the controller as it arrived. */
+        update_checksum(hdr.tcp.isValid() && meta.nat == 1 && meta.fwd == 1,
+            { meta.inv_l4_csum, meta.inv_saddr, meta.inv_daddr, meta.inv_sport, meta.inv_dport,
+              hdr.ipv4.src_addr, hdr.ipv4.dst_addr, hdr.tcp.src_port, hdr.tcp.dst_port },
             hdr.tcp.checksum, HashAlgorithm.csum16);
         /* A UDP checksum of zero means "none" and stays zero. */
-        update_checksum_with_payload(hdr.udp.isValid() && meta.nat == 1 && meta.fwd == 1 && hdr.udp.checksum != 0,
-            { hdr.ipv4.src_addr, hdr.ipv4.dst_addr, 8w0, hdr.ipv4.protocol, meta.l4_len,
-              hdr.udp.src_port, hdr.udp.dst_port, hdr.udp.len },
+        update_checksum(hdr.udp.isValid() && meta.nat == 1 && meta.fwd == 1 && hdr.udp.checksum != 0,
+            { meta.inv_l4_csum, meta.inv_saddr, meta.inv_daddr, meta.inv_sport, meta.inv_dport,
+              hdr.ipv4.src_addr, hdr.ipv4.dst_addr, hdr.udp.src_port, hdr.udp.dst_port },
             hdr.udp.checksum, HashAlgorithm.csum16);
     }
 }

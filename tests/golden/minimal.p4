@@ -32,9 +32,8 @@ enum bit<8> punt_reason_t {
     TCP_FIN_RST = 7,
     MTU = 8,
     OTHER_PROTO = 9,
-    TRAILING = 10,
-    MCAST_MAC = 11,
-    TO_CPU = 12
+    MCAST_MAC = 10,
+    TO_CPU = 11
 }
 
 /* Why the program drops a frame; 0 is "not dropped". */
@@ -170,7 +169,7 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
                 inout standard_metadata_t standard_metadata) {
     direct_counter(CounterType.packets_and_bytes) flow_v4_counter;
     /* Packets and bytes sent to the CPU, indexed by punt reason. */
-    counter(13, CounterType.packets_and_bytes) punt_counter;
+    counter(12, CounterType.packets_and_bytes) punt_counter;
     /* Frames dropped, indexed by drop reason (DROP_*). */
     counter(6, CounterType.packets_and_bytes) drop_counter;
 
@@ -307,11 +306,6 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
                 /* The control plane must see the close to tear the flow down. */
                 meta.punt_reason = punt_reason_t.TCP_FIN_RST;
             }
-            if (meta.punt_reason == punt_reason_t.NONE && meta.l3_len < meta.frame_l3_len) {
-                /* Linux trims the frame to the IP length before NAT sums the transport payload; the checksum
-                   pass here would sum the extra bytes, so the slow path trims them. */
-                meta.punt_reason = punt_reason_t.TRAILING;
-            }
             if (meta.punt_reason == punt_reason_t.NONE && hdr.ethernet.dst_addr[40:40] == 1) {
                 /* ip_forward forwards only frames addressed to the router (PACKET_HOST). */
                 meta.punt_reason = punt_reason_t.MCAST_MAC;
@@ -366,6 +360,11 @@ if (hdr.ipv4.isValid()) {
 control egress(inout headers_t hdr, inout metadata_t meta,
                inout standard_metadata_t standard_metadata) {
     apply {
+        if (meta.fwd == 1 && meta.l3_len < meta.frame_l3_len) {
+            /* Bytes after the IP packet (Ethernet padding, junk): Linux trims them (pskb_trim in ip_rcv), so the
+               frame leaves as long as its headers and the IP packet. truncate counts the deparsed frame. */
+            truncate((bit<32>) meta.l3_len + 14);
+        }
     }
 }
 

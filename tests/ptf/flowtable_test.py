@@ -238,25 +238,63 @@ class NatMtuPuntIsUnchanged(FlowtableTest):
         tu.verify_no_other_packets(self)
 
 
-class TrailingBytesArePunted(FlowtableTest):
+class TrailingBytesAreTrimmed(FlowtableTest):
     """Bytes after the IP packet (Ethernet padding of a short frame, or junk) are not part of the datagram:
-    Linux trims them before NAT sums the payload. The fast path punts such frames unchanged (with or without
-    NAT), and the slow path trims them."""
+    Linux trims them (pskb_trim in ip_rcv) before NAT touches the checksum. The fast path forwards such frames
+    without them, with or without NAT, and the NAT checksum is right (scapy builds the expected packets)."""
 
     def runTest(self) -> None:
         lan, wan = self.lan_port, self.wan_port
-        host, peer = "10.0.1.10", "198.51.100.7"
-        nat = ("192.0.2.1", peer, 62100, 80) if self.profile_has("nat") else None
+        host, peer, router = "10.0.1.10", "198.51.100.7", "192.0.2.1"
+        nat = self.profile_has("nat")
         for l4, proto in ((TCP, 6), (UDP, 17)):
-            self.add_flow4(lan, host, peer, proto, 40100, 80, out=wan, smac=self.mac(wan), dmac=PEER_MAC, nat=nat)
+            if nat:
+                self.add_flow4(lan, host, peer, proto, 40100, 80, out=wan, smac=self.mac(wan), dmac=PEER_MAC,
+                               nat=(router, peer, 62100, 80))
             self.add_flow4(lan, host, peer, proto, 40101, 80, out=wan, smac=self.mac(wan), dmac=PEER_MAC)
-            for sport, extra in ((40100, b"\0" * 6), (40100, b"junk-after-the-datagram"), (40101, b"\xff" * 3)):
+            cases = [(40101, b"\xff" * 3), (40101, b"junk-after-the-datagram")]
+            if nat:
+                cases += [(40100, b"\0" * 6), (40100, b"junk-after-the-datagram")]
+            for sport, extra in cases:
                 pkt = Ether(src=HOST_MAC, dst=self.mac(lan)) / IP(src=host, dst=peer, ttl=64) / \
                     l4(sport=sport, dport=80) / Raw(b"ab")
-                frame = bytes(pkt) + extra
-                tu.send_packet(self, lan, frame)
-                got = self.expect_packet_in(lan, "TRAILING")
-                self.assertEqual(got, frame, "the punted frame keeps its trailing bytes for the slow path")
+                src, nsport = (router, 62100) if sport == 40100 else (host, sport)
+                exp = Ether(src=self.mac(wan), dst=PEER_MAC) / IP(src=src, dst=peer, ttl=63) / \
+                    l4(sport=nsport, dport=80) / Raw(b"ab")
+                tu.send_packet(self, lan, bytes(pkt) + extra)
+                tu.verify_packet(self, exp, wan)
+        tu.verify_no_other_packets(self)
+        self.assert_no_packet_in()
+
+
+class NatKeepsAWrongChecksumWrong(FlowtableTest):
+    """NAT updates the transport checksum incrementally, as Linux does: a segment that arrived with a wrong
+    checksum leaves with a wrong one (the receiver drops it), instead of a freshly computed valid one."""
+
+    @requires_nat
+    def runTest(self) -> None:
+        lan, wan = self.lan_port, self.wan_port
+        host, peer, router = "10.0.1.10", "198.51.100.7", "192.0.2.1"
+        self.add_flow4(lan, host, peer, 6, 40400, 80, out=wan, smac=self.mac(wan), dmac=PEER_MAC,
+                       nat=(router, peer, 62400, 80))
+        good = Ether(src=HOST_MAC, dst=self.mac(lan)) / IP(src=host, dst=peer, ttl=64) / \
+            TCP(sport=40400, dport=80, flags="A") / Raw(b"data")
+        exp = Ether(src=self.mac(wan), dst=PEER_MAC) / IP(src=router, dst=peer, ttl=63) / \
+            TCP(sport=62400, dport=80, flags="A") / Raw(b"data")
+
+        def plus_one(pkt: Ether) -> Ether:
+            """`pkt` with its TCP checksum one more in ones' complement: an update ~(~HC + ~m + m') carries
+            the error through, so the expected output is the correct one plus one too."""
+            out = Ether(bytes(pkt))
+            total = out[TCP].chksum + 1
+            out[TCP].chksum = (total & 0xFFFF) + (total >> 16)
+            return out
+
+        bad, exp_bad = plus_one(good), plus_one(exp)
+        tu.send_packet(self, lan, good)
+        tu.verify_packet(self, exp, wan)
+        tu.send_packet(self, lan, bad)
+        tu.verify_packet(self, exp_bad, wan)
         tu.verify_no_other_packets(self)
 
 

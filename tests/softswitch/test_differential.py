@@ -25,6 +25,8 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import rdpcap, wrpcap
 
+from softswitch.dataplane import FieldMatch, TableEntry
+
 PEER = "0a:0b:0c:0d:0e:0f"
 
 
@@ -79,8 +81,6 @@ def _cases(sw: Switch, rng: random.Random) -> tuple[list[tuple[int, bytes]], lis
             action = "ingress.offload"
         cmds.append(f"table_add {table} {action} {' '.join(map(str, key))} => {' '.join(map(str, args))}")
         params = {n: v for n, v in enumerate(args, start=1)}
-        from softswitch.dataplane import FieldMatch, TableEntry
-
         sw.dp.insert(TableEntry(sw.id("tables", table), {n: FieldMatch(v) for n, v in enumerate(key, start=1)},
                                 sw.id("actions", action), params))
         l3: Packet = IP(src=src, dst=dst, ttl=rng.randrange(2, 255)) if fam == "ipv4" else IPv6(
@@ -109,8 +109,6 @@ def _cases(sw: Switch, rng: random.Random) -> tuple[list[tuple[int, bytes]], lis
         mtu = next(x.mtu for x in p.ports if x.number == untagged[-1])
         src, dst = _rand_v4(rng), _rand_v4(rng)
         key = [port, ip(src), ip(dst), 17, 5, 6]
-        from softswitch.dataplane import FieldMatch, TableEntry
-
         args = [untagged[-1], 1, 2]
         cmds.append(f"table_add ingress.flow_v4 ingress.offload {' '.join(map(str, key))} => "
                     f"{' '.join(map(str, args))}")
@@ -158,7 +156,14 @@ def _cases(sw: Switch, rng: random.Random) -> tuple[list[tuple[int, bytes]], lis
     for x in p.ports:  # packet-out to every port
         out = bytes(Ether(dst=PEER) / IP(dst="10.1.1.1") / UDP() / Raw(b"from-the-cpu"))
         cases.append((p.cpu_port, (x.number << 7).to_bytes(2, "big") + out))
-    for vport, vid in tagged.items():
+    for vport, vid in tagged.items():  # trailing bytes trimmed into and out of a tagged port
+        src, dst = _rand_v4(rng), _rand_v4(rng)
+        for a, b in ((port, vport), (vport, port)):
+            key = [a, ip(src), ip(dst), 17, 13, 14]
+            cmds.append(f"table_add ingress.flow_v4 ingress.offload {' '.join(map(str, key))} => {b} 1 2")
+            sw.dp.insert(TableEntry(sw.id("tables", "ingress.flow_v4"), {n: FieldMatch(v) for n, v in enumerate(key, 1)},
+                                    sw.id("actions", "ingress.offload"), {1: b, 2: 1, 3: 2}))
+            cases.append((a, frame(a, IP(src=src, dst=dst) / UDP(sport=13, dport=14) / Raw(b"v")) + b"\0" * 9))
         bad = Ether(dst="02:00:00:00:00:01") / Dot1Q(vlan=(vid % 4094) + 1) / IP(src="10.0.0.1", dst="10.0.0.2") / TCP()
         cases.append((vport, bytes(bad)))
         cases.append((vport, bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP())))
