@@ -337,35 +337,6 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
                 meta.l4_dst_port = hdr.udp.dst_port;
             }
 
-            /* What the kernel's IP receive path drops before any forwarding decision: a frame to another host's MAC
-               (PACKET_OTHERHOST), a wrong version or header length, a bad header checksum, an IP length that the
-               frame does not hold. */
-            if (meta.drop_reason == 0 && (hdr.ipv4.isValid() || hdr.ipv6.isValid())) {
-                port_mac.apply();
-                if (hdr.ethernet.dst_addr[40:40] == 0 && hdr.ethernet.dst_addr != meta.port_mac) {
-                    meta.drop_reason = DROP_OTHER_HOST;
-                }
-            }
-            if (hdr.ipv4.isValid() && meta.drop_reason == 0) {
-                if (hdr.ipv4.version != 4) {
-                    meta.drop_reason = DROP_IP_VERSION;
-                } else if (hdr.ipv4.ihl < 5) {
-                    meta.drop_reason = DROP_IP_HEADER;
-                } else if (standard_metadata.checksum_error == 1) {
-                    meta.drop_reason = DROP_CHECKSUM;
-                } else if (hdr.ipv4.total_len > meta.frame_l3_len ||
-                           hdr.ipv4.total_len < ((bit<16>) hdr.ipv4.ihl) << 2) {
-                    meta.drop_reason = DROP_IP_LENGTH;
-                }
-            }
-            if (hdr.ipv6.isValid() && meta.drop_reason == 0) {
-                if (hdr.ipv6.version != 6) {
-                    meta.drop_reason = DROP_IP_VERSION;
-                } else if (hdr.ipv6.payload_len > meta.frame_l3_len - 40) {
-                    meta.drop_reason = DROP_IP_LENGTH;
-                }
-            }
-
             /* Exceptions: packets the fast path must not handle go to the slow path. */
             if (!hdr.ipv4.isValid() && !hdr.ipv6.isValid()) {
                 meta.punt_reason = punt_reason_t.NON_IP;
@@ -403,6 +374,36 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
                 /* The control plane must see the close to tear the flow down. */
                 meta.punt_reason = punt_reason_t.TCP_FIN_RST;
             }
+
+            /* What the kernel's IP receive path drops before any forwarding decision, punt or not: a frame to
+               another host's MAC (PACKET_OTHERHOST), a wrong version or header length, a bad header checksum, an
+               IP length that the frame does not hold. */
+            if (meta.punt_reason != punt_reason_t.NON_IP && meta.drop_reason == 0) {
+                port_mac.apply();
+                if (hdr.ethernet.dst_addr[40:40] == 0 && hdr.ethernet.dst_addr != meta.port_mac) {
+                    meta.drop_reason = DROP_OTHER_HOST;
+                }
+            }
+            if (hdr.ipv4.isValid() && meta.drop_reason == 0) {
+                if (hdr.ipv4.version != 4) {
+                    meta.drop_reason = DROP_IP_VERSION;
+                } else if (hdr.ipv4.ihl < 5) {
+                    meta.drop_reason = DROP_IP_HEADER;
+                } else if (standard_metadata.checksum_error == 1) {
+                    meta.drop_reason = DROP_CHECKSUM;
+                } else if (hdr.ipv4.total_len > meta.frame_l3_len ||
+                           hdr.ipv4.total_len < ((bit<16>) hdr.ipv4.ihl) << 2) {
+                    meta.drop_reason = DROP_IP_LENGTH;
+                }
+            }
+            if (hdr.ipv6.isValid() && meta.drop_reason == 0) {
+                if (hdr.ipv6.version != 6) {
+                    meta.drop_reason = DROP_IP_VERSION;
+                } else if (hdr.ipv6.payload_len > meta.frame_l3_len - 40) {
+                    meta.drop_reason = DROP_IP_LENGTH;
+                }
+            }
+
             if (meta.punt_reason == punt_reason_t.NONE && hdr.ethernet.dst_addr[40:40] == 1) {
                 /* ip_forward forwards only frames addressed to the router (PACKET_HOST). */
                 meta.punt_reason = punt_reason_t.MCAST_MAC;
@@ -410,9 +411,9 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
 
             /* The flow tables: a hit sets meta.fwd, a miss sets the MISS punt reason. */
             if (meta.punt_reason == punt_reason_t.NONE && meta.drop_reason == 0) {
-if (hdr.ipv4.isValid()) {
+                if (hdr.ipv4.isValid()) {
                     flow_v4.apply();
-} else if (hdr.ipv6.isValid()) {
+                } else if (hdr.ipv6.isValid()) {
                     flow_v6.apply();
                 }
             }
