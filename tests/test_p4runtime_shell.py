@@ -174,6 +174,33 @@ def test_miss_arrives_as_packet_in_with_reason(setup: Setup) -> None:
     raise AssertionError("no packet-in for the missed packet")
 
 
+def test_drop_counter_readable_by_reason(setup: Setup) -> None:
+    """A frame to another host's MAC is dropped (as ip_rcv drops PACKET_OTHERHOST), and the shell reads it in
+    drop_counter at its reason's index, packets and bytes."""
+    from offloadgen.profile import DROP_REASONS
+
+    sh = setup.sh
+    index = [name for name, _ in DROP_REASONS].index("other_host") + 1
+    cap = Capture(setup.h2)
+    try:
+        frame = bytes.fromhex("02bbbbbbbbbb") + tcp(3333)[6:]  # not port 1's MAC
+        send(setup.h1, frame)
+        ce = sh.CounterEntry("drop_counter")
+        ce.index = index
+        deadline = time.monotonic() + 3
+        while True:  # BMv2 counts asynchronously; poll briefly
+            (got,) = list(ce.read())
+            if got.packet_count == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert (got.packet_count, got.byte_count) == (1, len(frame))
+        with pytest.raises(AssertionError):
+            cap.expect(3333, timeout=0.5)
+    finally:
+        cap.close()
+    assert all(m.packet.payload != frame for m in setup.packet_in.sniff(timeout=0.3)), "dropped, not punted"
+
+
 def test_backup_client_cannot_write(setup: Setup) -> None:
     from p4runtime_sh.p4runtime import P4RuntimeClient
 
