@@ -382,6 +382,8 @@ control ft_verify_checksum(inout headers_t hdr, inout metadata_t meta) {
 
 control ft_compute_checksum(inout headers_t hdr, inout metadata_t meta) {
     apply {
+        /* Only on the fast path: a punted packet reaches the controller as it arrived. The transport checksum
+           after NAT is updated incrementally in ingress, with the rewrite. */
         update_checksum(hdr.ipv4.isValid() && meta.fwd == 1,
             { hdr.ipv4.version, hdr.ipv4.ihl, hdr.ipv4.diffserv, hdr.ipv4.total_len,
               hdr.ipv4.identification, hdr.ipv4.flags, hdr.ipv4.frag_offset, hdr.ipv4.ttl,

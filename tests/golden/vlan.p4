@@ -134,12 +134,8 @@ struct metadata_t {
     ipv4_addr_t nat_daddr;
     bit<16> nat_sport;
     bit<16> nat_dport;
-    /* The ones' complements of what NAT replaces, for the incremental transport checksum update. */
-    bit<16> inv_l4_csum;
-    ipv4_addr_t inv_saddr;
-    ipv4_addr_t inv_daddr;
-    bit<16> inv_sport;
-    bit<16> inv_dport;
+    bit<16> l4_csum;
+    bit<32> csum_sum;
 }
 
 parser ft_parser(packet_in pkt, out headers_t hdr, inout metadata_t meta,
@@ -333,9 +329,11 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
             if (hdr.tcp.isValid()) {
                 meta.l4_src_port = hdr.tcp.src_port;
                 meta.l4_dst_port = hdr.tcp.dst_port;
+                meta.l4_csum = hdr.tcp.checksum;
             } else if (hdr.udp.isValid()) {
                 meta.l4_src_port = hdr.udp.src_port;
                 meta.l4_dst_port = hdr.udp.dst_port;
+                meta.l4_csum = hdr.udp.checksum;
             }
 
             /* Exceptions: packets the fast path must not handle go to the slow path. */
@@ -419,20 +417,34 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
                 if (hdr.ipv4.isValid()) {
                     hdr.ipv4.ttl = hdr.ipv4.ttl - 1;
                     if (meta.nat == 1) {
-                        meta.inv_saddr = ~hdr.ipv4.src_addr;
-                        meta.inv_daddr = ~hdr.ipv4.dst_addr;
+                        /* The transport checksum after NAT, updated as the kernel's inet_proto_csum_replace4 does
+                           (RFC 1624 eqn. 3): ~(~HC + ~m + m') over the 16-bit words NAT replaces, the pseudo-header's
+                           addresses and the ports. The payload is never summed, so bytes after the IP packet do not
+                           count and a wrong checksum stays wrong, as in Linux. */
+                        meta.csum_sum = (bit<32>) (~meta.l4_csum) +
+                            (bit<32>) (~hdr.ipv4.src_addr[31:16]) + (bit<32>) (~hdr.ipv4.src_addr[15:0]) +
+                            (bit<32>) (~hdr.ipv4.dst_addr[31:16]) + (bit<32>) (~hdr.ipv4.dst_addr[15:0]) +
+                            (bit<32>) (~meta.l4_src_port) + (bit<32>) (~meta.l4_dst_port) +
+                            (bit<32>) meta.nat_saddr[31:16] + (bit<32>) meta.nat_saddr[15:0] +
+                            (bit<32>) meta.nat_daddr[31:16] + (bit<32>) meta.nat_daddr[15:0] +
+                            (bit<32>) meta.nat_sport + (bit<32>) meta.nat_dport;
+                        meta.csum_sum = (meta.csum_sum & 0xffff) + (meta.csum_sum >> 16);
+                        meta.csum_sum = (meta.csum_sum & 0xffff) + (meta.csum_sum >> 16);
+                        meta.l4_csum = ~((bit<16>) meta.csum_sum);
                         hdr.ipv4.src_addr = meta.nat_saddr;
                         hdr.ipv4.dst_addr = meta.nat_daddr;
                         if (hdr.tcp.isValid()) {
-                            meta.inv_l4_csum = ~hdr.tcp.checksum;
-                            meta.inv_sport = ~hdr.tcp.src_port;
-                            meta.inv_dport = ~hdr.tcp.dst_port;
+                            hdr.tcp.checksum = meta.l4_csum;
                             hdr.tcp.src_port = meta.nat_sport;
                             hdr.tcp.dst_port = meta.nat_dport;
                         } else if (hdr.udp.isValid()) {
-                            meta.inv_l4_csum = ~hdr.udp.checksum;
-                            meta.inv_sport = ~hdr.udp.src_port;
-                            meta.inv_dport = ~hdr.udp.dst_port;
+                            /* A UDP checksum of zero means "none" and stays zero; a result of zero is sent as
+                               0xffff (CSUM_MANGLED_0), as the kernel's UDP NAT does. */
+                            if (hdr.udp.checksum != 0 && meta.l4_csum == 0) {
+                                hdr.udp.checksum = 0xffff;
+                            } else if (hdr.udp.checksum != 0) {
+                                hdr.udp.checksum = meta.l4_csum;
+                            }
                             hdr.udp.src_port = meta.nat_sport;
                             hdr.udp.dst_port = meta.nat_dport;
                         }
@@ -509,26 +521,13 @@ control ft_verify_checksum(inout headers_t hdr, inout metadata_t meta) {
 
 control ft_compute_checksum(inout headers_t hdr, inout metadata_t meta) {
     apply {
+        /* Only on the fast path: a punted packet reaches the controller as it arrived. The transport checksum
+           after NAT is updated incrementally in ingress, with the rewrite. */
         update_checksum(hdr.ipv4.isValid() && meta.fwd == 1,
             { hdr.ipv4.version, hdr.ipv4.ihl, hdr.ipv4.diffserv, hdr.ipv4.total_len,
               hdr.ipv4.identification, hdr.ipv4.flags, hdr.ipv4.frag_offset, hdr.ipv4.ttl,
               hdr.ipv4.protocol, hdr.ipv4.src_addr, hdr.ipv4.dst_addr },
             hdr.ipv4.hdr_checksum, HashAlgorithm.csum16);
-        /* NAT changes the pseudo-header's addresses and the ports: the transport checksum is updated
-           incrementally, as the kernel's inet_proto_csum_replace4 does (RFC 1624 eqn. 3: ~(~HC + ~m + m'),
-           which is csum16 over the complemented old values and the new ones). The payload is never summed, so
-           bytes after the IP packet do not count and a wrong checksum stays wrong, as in Linux. IPv6 is
-           forwarded without NAT and its transport checksum stays valid. Only on the fast path: a punted packet
-           (an MTU punt of a NAT flow too) reaches the controller as it arrived. */
-        update_checksum(hdr.tcp.isValid() && meta.nat == 1 && meta.fwd == 1,
-            { meta.inv_l4_csum, meta.inv_saddr, meta.inv_daddr, meta.inv_sport, meta.inv_dport,
-              hdr.ipv4.src_addr, hdr.ipv4.dst_addr, hdr.tcp.src_port, hdr.tcp.dst_port },
-            hdr.tcp.checksum, HashAlgorithm.csum16);
-        /* A UDP checksum of zero means "none" and stays zero. */
-        update_checksum(hdr.udp.isValid() && meta.nat == 1 && meta.fwd == 1 && hdr.udp.checksum != 0,
-            { meta.inv_l4_csum, meta.inv_saddr, meta.inv_daddr, meta.inv_sport, meta.inv_dport,
-              hdr.ipv4.src_addr, hdr.ipv4.dst_addr, hdr.udp.src_port, hdr.udp.dst_port },
-            hdr.udp.checksum, HashAlgorithm.csum16);
     }
 }
 

@@ -99,6 +99,32 @@ class UdpZeroChecksumStaysZero(FlowtableTest):
         tu.verify_packet(self, exp, wan)
 
 
+class UdpChecksumResultZeroIsSentAsFfff(FlowtableTest):
+    """RFC 768: a computed UDP checksum of zero is transmitted as 0xffff, since zero means none; the kernel's
+    UDP NAT writes CSUM_MANGLED_0. The payload's last two bytes are chosen so that the NATed datagram sums
+    to exactly zero."""
+
+    @requires_nat
+    def runTest(self) -> None:
+        lan, wan = self.lan_port, self.wan_port
+        self.add_flow4(lan, "10.0.1.10", "198.51.100.7", 17, 5003, 53, out=wan, smac=self.mac(wan), dmac=PEER_MAC,
+                       nat=("192.0.2.1", "198.51.100.7", 61003, 53))
+
+        def nated(tail: bytes) -> Ether:
+            return Ether(src=self.mac(wan), dst=PEER_MAC) / IP(src="192.0.2.1", dst="198.51.100.7", ttl=8) / \
+                UDP(sport=61003, dport=53) / Raw(b"q" * 30 + tail)
+
+        # With a zero tail the checksum is ~S; a tail of ~S makes the sum 0xffff, so the checksum computes to 0.
+        tail = Ether(bytes(nated(b"\0\0")))[UDP].chksum.to_bytes(2, "big")
+        exp = Ether(bytes(nated(tail)))
+        self.assertEqual(exp[UDP].chksum, 0xFFFF, "scapy sends a zero result as 0xffff too")
+        pkt = Ether(src=HOST_MAC, dst=self.mac(lan)) / IP(src="10.0.1.10", dst="198.51.100.7", ttl=9) / \
+            UDP(sport=5003, dport=53) / Raw(b"q" * 30 + tail)
+        tu.send_packet(self, lan, pkt)
+        tu.verify_packet(self, exp, wan)
+        tu.verify_no_other_packets(self)
+
+
 class Exceptions(FlowtableTest):
     """Every exception reaches the CPU as a packet-in with its reason and the ingress port, unchanged, even
     when the flow is offloaded; nothing leaves a front-panel port."""
