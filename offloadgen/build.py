@@ -17,7 +17,7 @@ from p4.config.v1 import p4info_pb2
 from offloadgen import __version__
 from offloadgen.p4c import compile_bmv2, find_p4c
 from offloadgen.profile import Profile
-from offloadgen.render import PuntReason, punt_reasons, render
+from offloadgen.render import PuntReason, drop_reasons, punt_reasons, render
 
 MANIFEST = "manifest.json"
 
@@ -109,6 +109,9 @@ def summary(result: BuildResult) -> str:
             params = ", ".join(f"{p.name}/{p.bitwidth}" for p in a.params)
             lines.append(f"  {a.preamble.name}({params})")
     lines.append("punt reasons: " + ", ".join(f"{r.code}={r.name}" for r in result.reasons))
+    if prof.counters:
+        lines.append("drop reasons (ingress.drop_counter): "
+                     + ", ".join(f"{r.code}={r.name}" for r in drop_reasons(prof)))
     ports = ", ".join(
         f"{p.number}:{p.name}" + (f"/vlan{p.vlan}" if p.vlan else "") + (f"/mtu{p.mtu}" if p.mtu != 1500 else "")
         for p in prof.ports

@@ -25,9 +25,22 @@ PUNT_REASONS: tuple[tuple[str, str], ...] = (
     ("tcp_fin_rst", "TCP FIN or RST: the connection is closing"),
     ("mtu", "larger than the egress port's MTU"),
     ("other_proto", "neither TCP nor UDP"),
+    ("mcast_mac", "IP to a broadcast/multicast MAC: ip_forward forwards only frames addressed to the router"),
+    ("to_cpu", "the flow entry's output port is the CPU port"),
 )
-# Reasons that a profile may switch off; miss and non_ip always go to the CPU.
+# Reasons that a profile may switch off; the others always go to the CPU.
 OPTIONAL_PUNTS: tuple[str, ...] = ("ttl", "ip_options", "fragment", "ipv6_ext", "tcp_fin_rst", "mtu", "other_proto")
+
+# Why the program dropped a frame (the index of drop_counter): what Linux's ip_rcv / ipv6_rcv drop before any
+# forwarding decision, and the VLAN filter. Codes are a contract with readers of the counter: append only.
+DROP_REASONS: tuple[tuple[str, str], ...] = (
+    ("checksum", "IPv4 header checksum wrong"),
+    ("other_host", "unicast to another host's MAC (PACKET_OTHERHOST)"),
+    ("ip_version", "IP version not 4 (IPv4 ethertype) or not 6 (IPv6 ethertype)"),
+    ("ip_header", "IPv4 header length below 20 bytes"),
+    ("ip_length", "IP length beyond the frame, or IPv4 total length shorter than its header"),
+    ("vlan", "tagged with a VLAN id that is not the port's"),
+)
 
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,14}$")

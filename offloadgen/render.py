@@ -12,7 +12,7 @@ from pathlib import Path
 import jinja2
 
 from offloadgen import __version__
-from offloadgen.profile import PUNT_REASONS, Profile
+from offloadgen.profile import DROP_REASONS, OPTIONAL_PUNTS, PUNT_REASONS, Profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +27,15 @@ def punt_reasons(profile: Profile) -> tuple[PuntReason, ...]:
     needs_family = {"ip_options": profile.ipv4, "fragment": profile.ipv4, "ipv6_ext": profile.ipv6}
     out = []
     for code, (name, desc) in enumerate(PUNT_REASONS, start=1):
-        if name in ("miss", "non_ip") or (getattr(profile.punt, name) and needs_family.get(name, True)):
+        if name not in OPTIONAL_PUNTS or (getattr(profile.punt, name) and needs_family.get(name, True)):
             out.append(PuntReason(code, name, desc))
     return tuple(out)
+
+
+def drop_reasons(profile: Profile) -> tuple[PuntReason, ...]:
+    """The drop reasons of the program for this profile (the VLAN filter exists only with VLAN ports)."""
+    return tuple(PuntReason(code, name, desc) for code, (name, desc) in enumerate(DROP_REASONS, start=1)
+                 if name != "vlan" or profile.vlan)
 
 
 def template_dir() -> Path:
@@ -53,7 +59,8 @@ def render(profile: Profile, templates: Path | None = None) -> str:
     )
     families = [f for f in ("ipv4", "ipv6") if getattr(profile, f)]
     text = env.get_template("flowtable.p4.j2").render(
-        p=profile, version=__version__, reasons=punt_reasons(profile), families=families
+        p=profile, version=__version__, reasons=punt_reasons(profile), drops=drop_reasons(profile),
+        families=families,
     )
     # Collapse the blank-line runs left by switched-off blocks so the program reads as hand-written.
     lines: list[str] = []

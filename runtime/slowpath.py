@@ -217,6 +217,8 @@ class SlowPath:
         if route is None:
             self._dest_unreachable(pc, pkt, net=True)
             return
+        if self._not_host(pkt):
+            return
         if pkt.ttl <= 1:
             self._time_exceeded(pc, pkt)
             return
@@ -240,6 +242,8 @@ class SlowPath:
         if route is None:
             self._dest_unreachable(pc, pkt, net=True)
             return None
+        if self._not_host(pkt):
+            return None
         if pkt.ttl <= 1:  # before any NAT allocation: the packet dies here, no connection is confirmed
             self._time_exceeded(pc, pkt)
             return None
@@ -258,6 +262,14 @@ class SlowPath:
             self.stats["drop_ct_invalid"] += 1
             return None
         return conn
+
+    def _not_host(self, pkt: P.Packet) -> bool:
+        """ip_forward forwards only frames sent to the router's MAC (PACKET_HOST): one that arrived to a
+        broadcast or multicast MAC may be delivered locally but is never forwarded, and creates no connection."""
+        if pkt.dst_mac[0] & 1:
+            self.stats["drop_not_host"] += 1
+            return True
+        return False
 
     def _fits(self, pc: PortConfig, pkt: P.Packet, route: Route) -> bool:
         """MTU check; sends fragmentation needed / packet too big when the packet cannot go out as it is."""

@@ -147,6 +147,7 @@ class Dataplane:
         self._init = list(m.init)
         sp = m.special
         self._s_inlen = sp["inlen"]
+        self._s_trunc = sp["truncate"]
         self._s_port = sp["ingress_port"]
         self._s_len = sp["packet_length"]
         self._s_espec = sp["egress_spec"]
@@ -197,7 +198,11 @@ class Dataplane:
         except (IndexError, ValueError, OverflowError, KeyError, TypeError):  # never take the switch down
             return []
         out.append(pay)
-        return [(port, b"".join(out))]
+        frame = b"".join(out)
+        limit = s[self._s_trunc]
+        if 0 < limit < len(frame):  # truncate(): BMv2 cuts the deparsed frame as it leaves
+            frame = frame[:limit]
+        return [(port, frame)]
 
     # ------------------------------------------------------------ tables
 

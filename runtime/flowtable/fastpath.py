@@ -74,6 +74,8 @@ class FastPath:
         n = len(frame)
         if n < 14:
             return None
+        if frame[0] & 1:  # to a broadcast/multicast MAC: ip_forward forwards only PACKET_HOST frames
+            return None
         etype = (frame[12] << 8) | frame[13]
         l3 = 14
         if etype == ETH_P_8021Q:
@@ -175,7 +177,7 @@ class FastPath:
             ft.refresh(flow)
             ft.account(flow, d, l3_len)
         rw = fd.rewrite
-        buf = bytearray(frame)
+        buf = bytearray(frame[:l3 + l3_len])  # without bytes after the IP packet, as ip_rcv trims them
         if proto == IPPROTO_TCP:
             cso = th + 16
             l4_check: int | None = (buf[cso] << 8) | buf[cso + 1]

@@ -39,7 +39,7 @@ UNSUPPORTED_EXTERNS = {
     "action_selector": "action_selector", "Checksum16": "Checksum16", "hash": "hash", "random": "random",
     "digest": "digest", "clone": "clone", "clone3": "clone3", "clone_preserving_field_list": "clone",
     "resubmit": "resubmit", "resubmit_preserving_field_list": "resubmit", "recirculate": "recirculate",
-    "recirculate_preserving_field_list": "recirculate", "truncate": "truncate", "assert": "assert",
+    "recirculate_preserving_field_list": "recirculate", "assert": "assert",
     "assume": "assume", "log_msg": "log_msg", "verify": "verify", "static_assert": "static_assert",
     "value_set": "value_set", "Register": "Register", "Counter": "Counter", "Meter": "Meter",
 }
@@ -981,6 +981,14 @@ class Compiler:
             em(f"s[{self.sm.members['egress_spec']}] = {DROP_PORT}")
             em(f"s[{self.sm.members['mcast_grp']}] = 0")
             return
+        if name == "truncate":
+            if len(args) != 1:
+                raise self.err(t, "truncate takes the length in bytes")
+            if ctx.role not in ("ingress", "egress"):
+                raise self.err(t, "truncate is only supported in ingress and egress")
+            v = self.convert(self.expr(args[0], sc), BitT(32), args[0])
+            em(f"s[{self.trunc}] = {v.code}")
+            return
         if name in ("verify_checksum", "update_checksum", "verify_checksum_with_payload",
                     "update_checksum_with_payload"):
             if len(args) != 4:
@@ -1561,6 +1569,7 @@ class Compiler:
         if not isinstance(h_t, StructT) or not isinstance(m_t, StructT):
             raise self.err(pdecl, "the parser's headers and metadata must be structs")
         self.inlen = self.alloc(0)
+        self.trunc = self.alloc(0)  # truncate(): the frame's length limit when it leaves, 0 for none
         hdr = self.instantiate(h_t, "hdr")
         meta = self.instantiate(m_t, "meta")
         self.sm = self.instantiate(sm_t, "standard_metadata")
@@ -1615,11 +1624,13 @@ class Compiler:
 
     # slots the pipeline driver needs
     inlen: int = 0
+    trunc: int = 0
     perr: int = 0
     sm: Any = None
 
     def special_slots(self) -> dict[str, int]:
         m = self.sm.members
-        return {"inlen": self.inlen, "ingress_port": m["ingress_port"], "packet_length": m["packet_length"],
+        return {"inlen": self.inlen, "truncate": self.trunc, "ingress_port": m["ingress_port"],
+                "packet_length": m["packet_length"],
                 "egress_spec": m["egress_spec"], "egress_port": m["egress_port"], "mcast_grp": m["mcast_grp"],
                 "parser_error": m["parser_error"], "checksum_error": m["checksum_error"]}

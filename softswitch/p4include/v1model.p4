@@ -58,6 +58,10 @@ extern direct_counter {
 
 extern void mark_to_drop(inout standard_metadata_t standard_metadata);
 
+/* BMv2: the frame leaves cut to at most `length` bytes, counted on the deparsed frame (headers added in
+   egress included); the checksum pass before it still sees the whole payload. */
+extern void truncate(in bit<32> length);
+
 extern void verify_checksum<T, O>(in bool condition, in T data, in O checksum, HashAlgorithm algo);
 extern void update_checksum<T, O>(in bool condition, in T data, inout O checksum, HashAlgorithm algo);
 extern void verify_checksum_with_payload<T, O>(in bool condition, in T data, in O checksum, HashAlgorithm algo);

@@ -135,17 +135,17 @@ def test_ipv6_without_nat() -> None:
     assert Ether(bytes(again))[TCP].chksum == p[TCP].chksum
     assert out.frame[14:] != frame[14:] and out.frame[14 + 8:] == frame[14 + 8:], "only the hop limit changed"
     # hop-by-hop extension header: not for the fast path
-    ext = bytes(Ether() / IPv6(src="2001:db8:1::10", dst="2001:db8:ffff::1") / IPv6ExtHdrHopByHop() /
+    ext = bytes(Ether(src=MAC_A, dst=MAC_B) / IPv6(src="2001:db8:1::10", dst="2001:db8:ffff::1") / IPv6ExtHdrHopByHop() /
                 TCP(sport=40000, dport=443))
     assert fp.forward(ext, 1) is None and ft.counters.fastpath_exceptions["ipv6_ext"] == 1
 
 
 @pytest.mark.parametrize(("name", "frame", "reason"), [
-    ("more fragments", bytes(Ether() / IP(src="10.0.0.1", dst="8.8.8.8", flags="MF") / TCP(sport=40000, dport=80)),
+    ("more fragments", bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src="10.0.0.1", dst="8.8.8.8", flags="MF") / TCP(sport=40000, dport=80)),
      "fragment"),
-    ("fragment offset", bytes(Ether() / IP(src="10.0.0.1", dst="8.8.8.8", frag=10) / TCP(sport=40000, dport=80)),
+    ("fragment offset", bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src="10.0.0.1", dst="8.8.8.8", frag=10) / TCP(sport=40000, dport=80)),
      "fragment"),
-    ("ip options", bytes(Ether() / IP(src="10.0.0.1", dst="8.8.8.8", options=[b"\x01\x01\x01\x00"]) /
+    ("ip options", bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src="10.0.0.1", dst="8.8.8.8", options=[b"\x01\x01\x01\x00"]) /
                          TCP(sport=40000, dport=80)), "ip_options"),
     ("ttl 1", tcp4("10.0.0.1", "8.8.8.8", 40000, 80, ttl=1), "ttl"),
     ("over mtu", tcp4("10.0.0.1", "8.8.8.8", 40000, 80, payload=b"z" * 1461), "mtu"),
@@ -175,6 +175,19 @@ def test_not_for_me() -> None:
     assert fp.forward(b"\x00" * 10, 1) is None
     assert fp.forward(tcp4("10.0.0.1", "8.8.8.8", 40000, 80)[:40], 1) is None, "truncated"
     assert ft.counters.fastpath_packets == 0
+
+
+def test_broadcast_mac_is_not_forwarded_and_trailing_bytes_are_trimmed() -> None:
+    """Frames the switch punts instead of forwarding (to a broadcast/multicast MAC) are not forwarded here
+    either; bytes after the IP packet are trimmed, as Linux's ip_rcv does, and the checksums stay right."""
+    _, fp, _, _ = setup()
+    frame = tcp4("10.0.0.1", "8.8.8.8", 40000, 80)
+    for dmac in (b"\xff" * 6, bytes.fromhex("01005e000001")):
+        assert fp.forward(dmac + frame[6:], 1) is None
+    plain = fp.forward(frame, 1)
+    padded = fp.forward(frame + b"\0" * 6 + b"junk", 1)
+    assert plain is not None and padded is not None and padded.frame == plain.frame
+    checksums_valid(padded.frame)
 
 
 def test_fin_hands_the_connection_back_and_every_later_packet_to_the_slow_path() -> None:

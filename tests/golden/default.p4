@@ -34,8 +34,17 @@ enum bit<8> punt_reason_t {
     IPV6_EXT = 6,
     TCP_FIN_RST = 7,
     MTU = 8,
-    OTHER_PROTO = 9
+    OTHER_PROTO = 9,
+    MCAST_MAC = 10,
+    TO_CPU = 11
 }
+
+/* Why the program drops a frame; 0 is "not dropped". */
+const bit<8> DROP_CHECKSUM = 1;
+const bit<8> DROP_OTHER_HOST = 2;
+const bit<8> DROP_IP_VERSION = 3;
+const bit<8> DROP_IP_HEADER = 4;
+const bit<8> DROP_IP_LENGTH = 5;
 
 @controller_header("packet_in")
 header packet_in_h {
@@ -122,12 +131,16 @@ struct metadata_t {
     bit<16> l4_dst_port;
     bit<16> l3_len;
     bit<16> mtu;
+    bit<8> drop_reason;
+    bit<16> frame_l3_len;
+    mac_addr_t port_mac;
     bit<1> nat;
     ipv4_addr_t nat_saddr;
     ipv4_addr_t nat_daddr;
     bit<16> nat_sport;
     bit<16> nat_dport;
-    bit<16> l4_len;
+    bit<16> l4_csum;
+    bit<32> csum_sum;
 }
 
 parser ft_parser(packet_in pkt, out headers_t hdr, inout metadata_t meta,
@@ -189,7 +202,9 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
     direct_counter(CounterType.packets_and_bytes) flow_v4_counter;
     direct_counter(CounterType.packets_and_bytes) flow_v6_counter;
     /* Packets and bytes sent to the CPU, indexed by punt reason. */
-    counter(10, CounterType.packets_and_bytes) punt_counter;
+    counter(12, CounterType.packets_and_bytes) punt_counter;
+    /* Frames dropped, indexed by drop reason (DROP_*). */
+    counter(6, CounterType.packets_and_bytes) drop_counter;
 
     /* The fast path of an offloaded direction: where to send it and the MACs to put on it. */
     action offload(port_t port, mac_addr_t smac, mac_addr_t dmac) {
@@ -280,20 +295,44 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
         }
     }
 
+    action set_port_mac(mac_addr_t mac) {
+        meta.port_mac = mac;
+    }
+
+    /* Each port's own MAC, from the profile: an IP frame to another unicast MAC is not for this router. */
+    table port_mac {
+        key = {
+            standard_metadata.ingress_port: exact @name("port");
+        }
+        actions = {
+            set_port_mac;
+            @defaultonly NoAction;
+        }
+        const default_action = NoAction();
+        const entries = {
+            1 : set_port_mac(48w0x020000000101);
+            2 : set_port_mac(48w0x020000000102);
+            3 : set_port_mac(48w0x020000000103);
+            4 : set_port_mac(48w0x020000000104);
+        }
+    }
+
     apply {
         if (hdr.packet_out.isValid()) {
             /* From the controller: straight to the port it names, untouched. */
             standard_metadata.egress_spec = hdr.packet_out.egress_port;
             hdr.packet_out.setInvalid();
-        } else if (standard_metadata.checksum_error == 1) {
-            mark_to_drop(standard_metadata);
         } else {
+            /* The room the IP packet has in the frame: what follows the layer-2 header. */
+            meta.frame_l3_len = (bit<16>) standard_metadata.packet_length - 14;
             if (hdr.tcp.isValid()) {
                 meta.l4_src_port = hdr.tcp.src_port;
                 meta.l4_dst_port = hdr.tcp.dst_port;
+                meta.l4_csum = hdr.tcp.checksum;
             } else if (hdr.udp.isValid()) {
                 meta.l4_src_port = hdr.udp.src_port;
                 meta.l4_dst_port = hdr.udp.dst_port;
+                meta.l4_csum = hdr.udp.checksum;
             }
 
             /* Exceptions: packets the fast path must not handle go to the slow path. */
@@ -334,13 +373,53 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
                 meta.punt_reason = punt_reason_t.TCP_FIN_RST;
             }
 
+            /* What the kernel's IP receive path drops before any forwarding decision, punt or not: a frame to
+               another host's MAC (PACKET_OTHERHOST), a wrong version or header length, a bad header checksum, an
+               IP length that the frame does not hold. */
+            if (meta.punt_reason != punt_reason_t.NON_IP && meta.drop_reason == 0) {
+                port_mac.apply();
+                if (hdr.ethernet.dst_addr[40:40] == 0 && hdr.ethernet.dst_addr != meta.port_mac) {
+                    meta.drop_reason = DROP_OTHER_HOST;
+                }
+            }
+            if (hdr.ipv4.isValid() && meta.drop_reason == 0) {
+                if (hdr.ipv4.version != 4) {
+                    meta.drop_reason = DROP_IP_VERSION;
+                } else if (hdr.ipv4.ihl < 5) {
+                    meta.drop_reason = DROP_IP_HEADER;
+                } else if (standard_metadata.checksum_error == 1) {
+                    meta.drop_reason = DROP_CHECKSUM;
+                } else if (hdr.ipv4.total_len > meta.frame_l3_len ||
+                           hdr.ipv4.total_len < ((bit<16>) hdr.ipv4.ihl) << 2) {
+                    meta.drop_reason = DROP_IP_LENGTH;
+                }
+            }
+            if (hdr.ipv6.isValid() && meta.drop_reason == 0) {
+                if (hdr.ipv6.version != 6) {
+                    meta.drop_reason = DROP_IP_VERSION;
+                } else if (hdr.ipv6.payload_len > meta.frame_l3_len - 40) {
+                    meta.drop_reason = DROP_IP_LENGTH;
+                }
+            }
+
+            if (meta.punt_reason == punt_reason_t.NONE && hdr.ethernet.dst_addr[40:40] == 1) {
+                /* ip_forward forwards only frames addressed to the router (PACKET_HOST). */
+                meta.punt_reason = punt_reason_t.MCAST_MAC;
+            }
+
             /* The flow tables: a hit sets meta.fwd, a miss sets the MISS punt reason. */
-            if (meta.punt_reason == punt_reason_t.NONE) {
-if (hdr.ipv4.isValid()) {
+            if (meta.punt_reason == punt_reason_t.NONE && meta.drop_reason == 0) {
+                if (hdr.ipv4.isValid()) {
                     flow_v4.apply();
-} else if (hdr.ipv6.isValid()) {
+                } else if (hdr.ipv6.isValid()) {
                     flow_v6.apply();
                 }
+            }
+            if (meta.fwd == 1 && meta.out_port == CPU_PORT) {
+                /* An entry that sends its flow to the CPU port: a punt like any other, so that the controller
+                   gets a packet_in header and the frame as it arrived. */
+                meta.fwd = 0;
+                meta.punt_reason = punt_reason_t.TO_CPU;
             }
 
             if (meta.fwd == 1) {
@@ -351,19 +430,43 @@ if (hdr.ipv4.isValid()) {
                 }
             }
 
-            if (meta.fwd == 1) {
+            if (meta.drop_reason != 0) {
+                drop_counter.count((bit<32>) meta.drop_reason);
+                mark_to_drop(standard_metadata);
+            } else if (meta.fwd == 1) {
                 hdr.ethernet.src_addr = meta.smac;
                 hdr.ethernet.dst_addr = meta.dmac;
                 if (hdr.ipv4.isValid()) {
                     hdr.ipv4.ttl = hdr.ipv4.ttl - 1;
                     if (meta.nat == 1) {
+                        /* The transport checksum after NAT, updated as the kernel's inet_proto_csum_replace4 does
+                           (RFC 1624 eqn. 3): ~(~HC + ~m + m') over the 16-bit words NAT replaces, the pseudo-header's
+                           addresses and the ports. The payload is never summed, so bytes after the IP packet do not
+                           count and a wrong checksum stays wrong, as in Linux. */
+                        meta.csum_sum = (bit<32>) (~meta.l4_csum) +
+                            (bit<32>) (~hdr.ipv4.src_addr[31:16]) + (bit<32>) (~hdr.ipv4.src_addr[15:0]) +
+                            (bit<32>) (~hdr.ipv4.dst_addr[31:16]) + (bit<32>) (~hdr.ipv4.dst_addr[15:0]) +
+                            (bit<32>) (~meta.l4_src_port) + (bit<32>) (~meta.l4_dst_port) +
+                            (bit<32>) meta.nat_saddr[31:16] + (bit<32>) meta.nat_saddr[15:0] +
+                            (bit<32>) meta.nat_daddr[31:16] + (bit<32>) meta.nat_daddr[15:0] +
+                            (bit<32>) meta.nat_sport + (bit<32>) meta.nat_dport;
+                        meta.csum_sum = (meta.csum_sum & 0xffff) + (meta.csum_sum >> 16);
+                        meta.csum_sum = (meta.csum_sum & 0xffff) + (meta.csum_sum >> 16);
+                        meta.l4_csum = ~((bit<16>) meta.csum_sum);
                         hdr.ipv4.src_addr = meta.nat_saddr;
                         hdr.ipv4.dst_addr = meta.nat_daddr;
-                        meta.l4_len = hdr.ipv4.total_len - 20;
                         if (hdr.tcp.isValid()) {
+                            hdr.tcp.checksum = meta.l4_csum;
                             hdr.tcp.src_port = meta.nat_sport;
                             hdr.tcp.dst_port = meta.nat_dport;
                         } else if (hdr.udp.isValid()) {
+                            /* A UDP checksum of zero means "none" and stays zero; a result of zero is sent as
+                               0xffff (CSUM_MANGLED_0), as the kernel's UDP NAT does. */
+                            if (hdr.udp.checksum != 0 && meta.l4_csum == 0) {
+                                hdr.udp.checksum = 0xffff;
+                            } else if (hdr.udp.checksum != 0) {
+                                hdr.udp.checksum = meta.l4_csum;
+                            }
                             hdr.udp.src_port = meta.nat_sport;
                             hdr.udp.dst_port = meta.nat_dport;
                         }
@@ -391,6 +494,11 @@ if (hdr.ipv4.isValid()) {
 control egress(inout headers_t hdr, inout metadata_t meta,
                inout standard_metadata_t standard_metadata) {
     apply {
+        if (meta.fwd == 1 && meta.l3_len < meta.frame_l3_len) {
+            /* Bytes after the IP packet (Ethernet padding, junk): Linux trims them (pskb_trim in ip_rcv), so the
+               frame leaves as long as its headers and the IP packet. truncate counts the deparsed frame. */
+            truncate((bit<32>) meta.l3_len + 14);
+        }
     }
 }
 
@@ -407,23 +515,13 @@ control ft_verify_checksum(inout headers_t hdr, inout metadata_t meta) {
 
 control ft_compute_checksum(inout headers_t hdr, inout metadata_t meta) {
     apply {
+        /* Only on the fast path: a punted packet reaches the controller as it arrived. The transport checksum
+           after NAT is updated incrementally in ingress, with the rewrite. */
         update_checksum(hdr.ipv4.isValid() && meta.fwd == 1,
             { hdr.ipv4.version, hdr.ipv4.ihl, hdr.ipv4.diffserv, hdr.ipv4.total_len,
               hdr.ipv4.identification, hdr.ipv4.flags, hdr.ipv4.frag_offset, hdr.ipv4.ttl,
               hdr.ipv4.protocol, hdr.ipv4.src_addr, hdr.ipv4.dst_addr },
             hdr.ipv4.hdr_checksum, HashAlgorithm.csum16);
-        /* NAT changes the pseudo-header and the ports, so the transport checksum is computed again over the
-           header and payload; IPv6 is forwarded without NAT and its transport checksum stays valid. */
-        update_checksum_with_payload(hdr.tcp.isValid() && meta.nat == 1,
-            { hdr.ipv4.src_addr, hdr.ipv4.dst_addr, 8w0, hdr.ipv4.protocol, meta.l4_len,
-              hdr.tcp.src_port, hdr.tcp.dst_port, hdr.tcp.seq_no, hdr.tcp.ack_no, hdr.tcp.data_offset,
-              hdr.tcp.res, hdr.tcp.flags, hdr.tcp.window, hdr.tcp.urgent_ptr },
-            hdr.tcp.checksum, HashAlgorithm.csum16);
-        /* A UDP checksum of zero means "none" and stays zero. */
-        update_checksum_with_payload(hdr.udp.isValid() && meta.nat == 1 && hdr.udp.checksum != 0,
-            { hdr.ipv4.src_addr, hdr.ipv4.dst_addr, 8w0, hdr.ipv4.protocol, meta.l4_len,
-              hdr.udp.src_port, hdr.udp.dst_port, hdr.udp.len },
-            hdr.udp.checksum, HashAlgorithm.csum16);
     }
 }
 

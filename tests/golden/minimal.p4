@@ -31,8 +31,17 @@ enum bit<8> punt_reason_t {
     FRAGMENT = 5,
     TCP_FIN_RST = 7,
     MTU = 8,
-    OTHER_PROTO = 9
+    OTHER_PROTO = 9,
+    MCAST_MAC = 10,
+    TO_CPU = 11
 }
+
+/* Why the program drops a frame; 0 is "not dropped". */
+const bit<8> DROP_CHECKSUM = 1;
+const bit<8> DROP_OTHER_HOST = 2;
+const bit<8> DROP_IP_VERSION = 3;
+const bit<8> DROP_IP_HEADER = 4;
+const bit<8> DROP_IP_LENGTH = 5;
 
 @controller_header("packet_in")
 header packet_in_h {
@@ -107,6 +116,9 @@ struct metadata_t {
     bit<16> l4_dst_port;
     bit<16> l3_len;
     bit<16> mtu;
+    bit<8> drop_reason;
+    bit<16> frame_l3_len;
+    mac_addr_t port_mac;
 }
 
 parser ft_parser(packet_in pkt, out headers_t hdr, inout metadata_t meta,
@@ -157,7 +169,9 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
                 inout standard_metadata_t standard_metadata) {
     direct_counter(CounterType.packets_and_bytes) flow_v4_counter;
     /* Packets and bytes sent to the CPU, indexed by punt reason. */
-    counter(9, CounterType.packets_and_bytes) punt_counter;
+    counter(12, CounterType.packets_and_bytes) punt_counter;
+    /* Frames dropped, indexed by drop reason (DROP_*). */
+    counter(6, CounterType.packets_and_bytes) drop_counter;
 
     /* The fast path of an offloaded direction: where to send it and the MACs to put on it. */
     action offload(port_t port, mac_addr_t smac, mac_addr_t dmac) {
@@ -211,14 +225,34 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
         }
     }
 
+    action set_port_mac(mac_addr_t mac) {
+        meta.port_mac = mac;
+    }
+
+    /* Each port's own MAC, from the profile: an IP frame to another unicast MAC is not for this router. */
+    table port_mac {
+        key = {
+            standard_metadata.ingress_port: exact @name("port");
+        }
+        actions = {
+            set_port_mac;
+            @defaultonly NoAction;
+        }
+        const default_action = NoAction();
+        const entries = {
+            1 : set_port_mac(48w0x020000000201);
+            2 : set_port_mac(48w0x020000000202);
+        }
+    }
+
     apply {
         if (hdr.packet_out.isValid()) {
             /* From the controller: straight to the port it names, untouched. */
             standard_metadata.egress_spec = hdr.packet_out.egress_port;
             hdr.packet_out.setInvalid();
-        } else if (standard_metadata.checksum_error == 1) {
-            mark_to_drop(standard_metadata);
         } else {
+            /* The room the IP packet has in the frame: what follows the layer-2 header. */
+            meta.frame_l3_len = (bit<16>) standard_metadata.packet_length - 14;
             if (hdr.tcp.isValid()) {
                 meta.l4_src_port = hdr.tcp.src_port;
                 meta.l4_dst_port = hdr.tcp.dst_port;
@@ -251,11 +285,44 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
                 meta.punt_reason = punt_reason_t.TCP_FIN_RST;
             }
 
+            /* What the kernel's IP receive path drops before any forwarding decision, punt or not: a frame to
+               another host's MAC (PACKET_OTHERHOST), a wrong version or header length, a bad header checksum, an
+               IP length that the frame does not hold. */
+            if (meta.punt_reason != punt_reason_t.NON_IP && meta.drop_reason == 0) {
+                port_mac.apply();
+                if (hdr.ethernet.dst_addr[40:40] == 0 && hdr.ethernet.dst_addr != meta.port_mac) {
+                    meta.drop_reason = DROP_OTHER_HOST;
+                }
+            }
+            if (hdr.ipv4.isValid() && meta.drop_reason == 0) {
+                if (hdr.ipv4.version != 4) {
+                    meta.drop_reason = DROP_IP_VERSION;
+                } else if (hdr.ipv4.ihl < 5) {
+                    meta.drop_reason = DROP_IP_HEADER;
+                } else if (standard_metadata.checksum_error == 1) {
+                    meta.drop_reason = DROP_CHECKSUM;
+                } else if (hdr.ipv4.total_len > meta.frame_l3_len ||
+                           hdr.ipv4.total_len < ((bit<16>) hdr.ipv4.ihl) << 2) {
+                    meta.drop_reason = DROP_IP_LENGTH;
+                }
+            }
+
+            if (meta.punt_reason == punt_reason_t.NONE && hdr.ethernet.dst_addr[40:40] == 1) {
+                /* ip_forward forwards only frames addressed to the router (PACKET_HOST). */
+                meta.punt_reason = punt_reason_t.MCAST_MAC;
+            }
+
             /* The flow tables: a hit sets meta.fwd, a miss sets the MISS punt reason. */
-            if (meta.punt_reason == punt_reason_t.NONE) {
-if (hdr.ipv4.isValid()) {
+            if (meta.punt_reason == punt_reason_t.NONE && meta.drop_reason == 0) {
+                if (hdr.ipv4.isValid()) {
                     flow_v4.apply();
                 }
+            }
+            if (meta.fwd == 1 && meta.out_port == CPU_PORT) {
+                /* An entry that sends its flow to the CPU port: a punt like any other, so that the controller
+                   gets a packet_in header and the frame as it arrived. */
+                meta.fwd = 0;
+                meta.punt_reason = punt_reason_t.TO_CPU;
             }
 
             if (meta.fwd == 1) {
@@ -266,7 +333,10 @@ if (hdr.ipv4.isValid()) {
                 }
             }
 
-            if (meta.fwd == 1) {
+            if (meta.drop_reason != 0) {
+                drop_counter.count((bit<32>) meta.drop_reason);
+                mark_to_drop(standard_metadata);
+            } else if (meta.fwd == 1) {
                 hdr.ethernet.src_addr = meta.smac;
                 hdr.ethernet.dst_addr = meta.dmac;
                 if (hdr.ipv4.isValid()) {
@@ -291,6 +361,11 @@ if (hdr.ipv4.isValid()) {
 control egress(inout headers_t hdr, inout metadata_t meta,
                inout standard_metadata_t standard_metadata) {
     apply {
+        if (meta.fwd == 1 && meta.l3_len < meta.frame_l3_len) {
+            /* Bytes after the IP packet (Ethernet padding, junk): Linux trims them (pskb_trim in ip_rcv), so the
+               frame leaves as long as its headers and the IP packet. truncate counts the deparsed frame. */
+            truncate((bit<32>) meta.l3_len + 14);
+        }
     }
 }
 
@@ -307,6 +382,8 @@ control ft_verify_checksum(inout headers_t hdr, inout metadata_t meta) {
 
 control ft_compute_checksum(inout headers_t hdr, inout metadata_t meta) {
     apply {
+        /* Only on the fast path: a punted packet reaches the controller as it arrived. The transport checksum
+           after NAT is updated incrementally in ingress, with the rewrite. */
         update_checksum(hdr.ipv4.isValid() && meta.fwd == 1,
             { hdr.ipv4.version, hdr.ipv4.ihl, hdr.ipv4.diffserv, hdr.ipv4.total_len,
               hdr.ipv4.identification, hdr.ipv4.flags, hdr.ipv4.frag_offset, hdr.ipv4.ttl,

@@ -15,13 +15,14 @@ from typing import Any
 
 import ptf
 import ptf.testutils as tu
+from p4.v1 import p4runtime_pb2
 from ptf.base_tests import BaseTest
 from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Packet
 
-from offloadgen.profile import Profile, load_profile
+from offloadgen.profile import DROP_REASONS, Profile, load_profile
 from runtime.client import StreamHandlers, SwitchClient
 from runtime.entities import PacketIn, TableEntry
 from runtime.pipeline import load_build
@@ -77,6 +78,7 @@ class FlowtableTest(BaseTest):  # type: ignore[misc]
         self.addCleanup(self.client.close)  # also when setUp fails after this point
         self.client.set_pipeline(self.pipeline)
         self.reasons = {name: code for code, name in self.pipeline.p4info.serializable_enum("punt_reason_t").items()}
+        self.drop_reasons = {name: code for code, (name, _) in enumerate(DROP_REASONS, start=1)}
         self.clear_flows()
         self.dataplane.flush()
 
@@ -155,6 +157,15 @@ class FlowtableTest(BaseTest):  # type: ignore[misc]
                 assert entry.counter is not None
                 return entry.counter.packets, entry.counter.bytes
         raise AssertionError("the flow entry is not on the switch")
+
+    def read_counter(self, name: str, index: int) -> tuple[int, int]:
+        """(packets, bytes) of one cell of an indexed counter, read over P4Runtime."""
+        ent = p4runtime_pb2.Entity()
+        ent.counter_entry.counter_id = self.pipeline.p4info.counter(name).id
+        ent.counter_entry.index.index = index
+        for got in self.client.read([ent]):
+            return got.counter_entry.data.packet_count, got.counter_entry.data.byte_count
+        raise AssertionError(f"counter {name}[{index}] is not readable")
 
     def clear_flows(self) -> None:
         for table in ("ingress.flow_v4", "ingress.flow_v6"):

@@ -99,6 +99,32 @@ class UdpZeroChecksumStaysZero(FlowtableTest):
         tu.verify_packet(self, exp, wan)
 
 
+class UdpChecksumResultZeroIsSentAsFfff(FlowtableTest):
+    """RFC 768: a computed UDP checksum of zero is transmitted as 0xffff, since zero means none; the kernel's
+    UDP NAT writes CSUM_MANGLED_0. The payload's last two bytes are chosen so that the NATed datagram sums
+    to exactly zero."""
+
+    @requires_nat
+    def runTest(self) -> None:
+        lan, wan = self.lan_port, self.wan_port
+        self.add_flow4(lan, "10.0.1.10", "198.51.100.7", 17, 5003, 53, out=wan, smac=self.mac(wan), dmac=PEER_MAC,
+                       nat=("192.0.2.1", "198.51.100.7", 61003, 53))
+
+        def nated(tail: bytes) -> Ether:
+            return Ether(src=self.mac(wan), dst=PEER_MAC) / IP(src="192.0.2.1", dst="198.51.100.7", ttl=8) / \
+                UDP(sport=61003, dport=53) / Raw(b"q" * 30 + tail)
+
+        # With a zero tail the checksum is ~S; a tail of ~S makes the sum 0xffff, so the checksum computes to 0.
+        tail = Ether(bytes(nated(b"\0\0")))[UDP].chksum.to_bytes(2, "big")
+        exp = Ether(bytes(nated(tail)))
+        self.assertEqual(exp[UDP].chksum, 0xFFFF, "scapy sends a zero result as 0xffff too")
+        pkt = Ether(src=HOST_MAC, dst=self.mac(lan)) / IP(src="10.0.1.10", dst="198.51.100.7", ttl=9) / \
+            UDP(sport=5003, dport=53) / Raw(b"q" * 30 + tail)
+        tu.send_packet(self, lan, pkt)
+        tu.verify_packet(self, exp, wan)
+        tu.verify_no_other_packets(self)
+
+
 class Exceptions(FlowtableTest):
     """Every exception reaches the CPU as a packet-in with its reason and the ingress port, unchanged, even
     when the flow is offloaded; nothing leaves a front-panel port."""
@@ -214,3 +240,146 @@ class Vlan(FlowtableTest):
         self.assert_no_packet_in()
         tu.verify_no_other_packets(self)
 
+
+
+class NatMtuPuntIsUnchanged(FlowtableTest):
+    """A packet of a NAT flow too big for the egress MTU reaches the controller exactly as it arrived (the
+    controller fragments it, or answers with ICMP): the NAT checksum pass must not touch a punted packet."""
+
+    @requires_nat
+    def runTest(self) -> None:
+        if not self.punts("mtu"):
+            self.skipTest(f"profile {self.profile.name!r} does not punt on MTU")
+        lan, wan = self.lan_port, self.wan_port
+        host, peer, router = "10.0.1.10", "198.51.100.7", "192.0.2.1"
+        for l4, proto, sport in ((UDP, 17, 5100), (TCP, 6, 5101)):
+            self.add_flow4(lan, host, peer, proto, sport, 9000, out=wan, smac=self.mac(wan), dmac=PEER_MAC,
+                           nat=(router, peer, 62000, 9000))
+            pkt = Ether(src=HOST_MAC, dst=self.mac(lan)) / IP(src=host, dst=peer, ttl=64) / \
+                l4(sport=sport, dport=9000)
+            pkt = pkt / Raw(b"b" * (self.port_mtu(wan) + 1 - len(pkt[IP])))
+            tu.send_packet(self, lan, pkt)
+            got = self.expect_packet_in(lan, "MTU")
+            self.assertEqual(got, bytes(pkt), f"{l4.__name__}: the MTU punt of a NAT flow must be unchanged")
+        tu.verify_no_other_packets(self)
+
+
+class TrailingBytesAreTrimmed(FlowtableTest):
+    """Bytes after the IP packet (Ethernet padding of a short frame, or junk) are not part of the datagram:
+    Linux trims them (pskb_trim in ip_rcv) before NAT touches the checksum. The fast path forwards such frames
+    without them, with or without NAT, and the NAT checksum is right (scapy builds the expected packets)."""
+
+    def runTest(self) -> None:
+        lan, wan = self.lan_port, self.wan_port
+        host, peer, router = "10.0.1.10", "198.51.100.7", "192.0.2.1"
+        nat = self.profile_has("nat")
+        for l4, proto in ((TCP, 6), (UDP, 17)):
+            if nat:
+                self.add_flow4(lan, host, peer, proto, 40100, 80, out=wan, smac=self.mac(wan), dmac=PEER_MAC,
+                               nat=(router, peer, 62100, 80))
+            self.add_flow4(lan, host, peer, proto, 40101, 80, out=wan, smac=self.mac(wan), dmac=PEER_MAC)
+            cases = [(40101, b"\xff" * 3), (40101, b"junk-after-the-datagram")]
+            if nat:
+                cases += [(40100, b"\0" * 6), (40100, b"junk-after-the-datagram")]
+            for sport, extra in cases:
+                pkt = Ether(src=HOST_MAC, dst=self.mac(lan)) / IP(src=host, dst=peer, ttl=64) / \
+                    l4(sport=sport, dport=80) / Raw(b"ab")
+                src, nsport = (router, 62100) if sport == 40100 else (host, sport)
+                exp = Ether(src=self.mac(wan), dst=PEER_MAC) / IP(src=src, dst=peer, ttl=63) / \
+                    l4(sport=nsport, dport=80) / Raw(b"ab")
+                tu.send_packet(self, lan, bytes(pkt) + extra)
+                tu.verify_packet(self, exp, wan)
+        tu.verify_no_other_packets(self)
+        self.assert_no_packet_in()
+
+
+class NatKeepsAWrongChecksumWrong(FlowtableTest):
+    """NAT updates the transport checksum incrementally, as Linux does: a segment that arrived with a wrong
+    checksum leaves with a wrong one (the receiver drops it), instead of a freshly computed valid one."""
+
+    @requires_nat
+    def runTest(self) -> None:
+        lan, wan = self.lan_port, self.wan_port
+        host, peer, router = "10.0.1.10", "198.51.100.7", "192.0.2.1"
+        self.add_flow4(lan, host, peer, 6, 40400, 80, out=wan, smac=self.mac(wan), dmac=PEER_MAC,
+                       nat=(router, peer, 62400, 80))
+        good = Ether(src=HOST_MAC, dst=self.mac(lan)) / IP(src=host, dst=peer, ttl=64) / \
+            TCP(sport=40400, dport=80, flags="A") / Raw(b"data")
+        exp = Ether(src=self.mac(wan), dst=PEER_MAC) / IP(src=router, dst=peer, ttl=63) / \
+            TCP(sport=62400, dport=80, flags="A") / Raw(b"data")
+
+        def plus_one(pkt: Ether) -> Ether:
+            """`pkt` with its TCP checksum one more in ones' complement: an update ~(~HC + ~m + m') carries
+            the error through, so the expected output is the correct one plus one too."""
+            out = Ether(bytes(pkt))
+            total = out[TCP].chksum + 1
+            out[TCP].chksum = (total & 0xFFFF) + (total >> 16)
+            return out
+
+        bad, exp_bad = plus_one(good), plus_one(exp)
+        tu.send_packet(self, lan, good)
+        tu.verify_packet(self, exp, wan)
+        tu.send_packet(self, lan, bad)
+        tu.verify_packet(self, exp_bad, wan)
+        tu.verify_no_other_packets(self)
+
+
+class KernelDrops(FlowtableTest):
+    """What Linux's ip_rcv / ipv6_rcv drop is dropped, even on a hit, and counted by reason in drop_counter:
+    a frame to another host's MAC, IP version wrong, IPv4 header length < 20, total length < header or beyond
+    the frame, a bad header checksum, an IPv6 payload length beyond the frame. A frame to a broadcast or
+    multicast MAC is not forwarded (ip_forward forwards only PACKET_HOST) but goes to the slow path."""
+
+    def runTest(self) -> None:
+        lan, wan = self.lan_port, self.wan_port
+        host, peer = "10.0.1.10", "198.51.100.7"
+        self.add_flow4(lan, host, peer, 17, 40200, 53, out=wan, smac=self.mac(wan), dmac=PEER_MAC)
+        eth = Ether(src=HOST_MAC, dst=self.mac(lan))
+        udp = UDP(sport=40200, dport=53) / Raw(b"query")
+        cases: list[tuple[str, bytes]] = [
+            ("other_host", bytes(Ether(src=HOST_MAC, dst=PEER_MAC) / IP(src=host, dst=peer) / udp)),
+            ("ip_version", bytes(eth / IP(src=host, dst=peer, version=5) / udp)),
+            ("ip_header", bytes(eth / IP(src=host, dst=peer, ihl=4) / udp)),
+            ("ip_length", bytes(eth / IP(src=host, dst=peer, len=19) / udp)),
+            ("ip_length", bytes(eth / IP(src=host, dst=peer, len=600) / udp)),
+            ("checksum", bytes(eth / IP(src=host, dst=peer, chksum=0xBEEF) / udp)),
+        ]
+        if self.profile_has("ipv6"):
+            src6, dst6 = "2001:db8:1::10", "2001:db8:ff::7"
+            self.add_flow6(lan, src6, dst6, 17, 40200, 53, out=wan, smac=self.mac(wan), dmac=PEER_MAC)
+            cases += [
+                ("other_host", bytes(Ether(src=HOST_MAC, dst=PEER_MAC) / IPv6(src=src6, dst=dst6) / udp)),
+                ("ip_version", bytes(eth / IPv6(src=src6, dst=dst6, version=4) / udp)),
+                ("ip_length", bytes(eth / IPv6(src=src6, dst=dst6, plen=500) / udp)),
+            ]
+        counters = self.profile_has("counters")
+        for reason, frame in cases:
+            with self.subTest(reason=reason):
+                code = self.drop_reasons[reason]
+                before = self.read_counter("ingress.drop_counter", code) if counters else (0, 0)
+                tu.send_packet(self, lan, frame)
+                tu.verify_no_other_packets(self)
+                self.assert_no_packet_in()
+                if counters:
+                    after = self.read_counter("ingress.drop_counter", code)
+                    self.assertEqual((after[0] - before[0], after[1] - before[1]), (1, len(frame)),
+                                     f"drop_counter[{code}] ({reason})")
+        bcast = Ether(src=HOST_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src=host, dst=peer) / udp
+        tu.send_packet(self, lan, bcast)
+        self.assertEqual(self.expect_packet_in(lan, "MCAST_MAC"), bytes(bcast))
+        tu.verify_no_other_packets(self)
+
+
+class FlowToCpuPort(FlowtableTest):
+    """A flow entry whose output port is the CPU port sends a well-formed packet-in (reason TO_CPU) carrying
+    the frame as it arrived, not a frame the controller would misread."""
+
+    def runTest(self) -> None:
+        lan = self.lan_port
+        cpu = self.profile.cpu_port
+        self.add_flow4(lan, "10.0.1.10", "198.51.100.7", 6, 40300, 443, out=cpu, smac=self.mac(lan), dmac=PEER_MAC)
+        pkt = tu.simple_tcp_packet(eth_src=HOST_MAC, eth_dst=self.mac(lan), ip_src="10.0.1.10",
+                                   ip_dst="198.51.100.7", tcp_sport=40300, tcp_dport=443)
+        tu.send_packet(self, lan, pkt)
+        self.assertEqual(self.expect_packet_in(lan, "TO_CPU"), bytes(pkt))
+        tu.verify_no_other_packets(self)

@@ -293,3 +293,29 @@ def test_syn_ignored_in_last_ack_is_resynced_by_the_servers_syn_ack(h: Harness) 
     assert conn.state_name() == "SYN_RECV"
     h.send(1, _tcp_a("A", 90001, 7001))
     assert conn.state_name() == "ESTABLISHED" and ct.lookup(t) == (conn, Dir.ORIGINAL)
+
+
+def test_broadcast_or_multicast_mac_is_not_forwarded(h: Harness) -> None:
+    """ip_forward drops what did not arrive as PACKET_HOST (the switch punts such frames as MCAST_MAC); local
+    delivery still answers them."""
+    h.learn()
+    for dmac in ("ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01"):
+        pkt = Ether(src=A, dst=dmac) / IP(src="10.0.1.10", dst="192.0.2.20") / UDP(sport=5000, dport=53) / b"q"
+        assert h.send(1, pkt) == []
+    assert h.sp.stats["drop_not_host"] == 2 and len(h.sp.conntrack) == 0
+    first = Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20") / UDP(sport=5001, dport=53) / b"q"
+    assert [p for p, _ in h.send(1, first)] == [4]
+    again = Ether(src=A, dst="ff:ff:ff:ff:ff:ff") / IP(src="10.0.1.10", dst="192.0.2.20") / UDP(sport=5001, dport=53)
+    assert h.send(1, again) == [] and h.sp.stats["drop_not_host"] == 3
+    ping = Ether(src=A, dst="ff:ff:ff:ff:ff:ff") / IP(src="10.0.1.10", dst="10.0.1.1") / ICMP(id=7, seq=1)
+    [(port, rep)] = h.send(1, ping)
+    assert port == 1 and rep[ICMP].type == 0
+
+
+def test_trailing_bytes_are_trimmed_before_nat(h: Harness) -> None:
+    """What the switch punts as TRAILING: Linux trims the frame to the IP length, so the NAT checksum and the
+    frame sent on do not include the padding."""
+    h.learn()
+    pkt = Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20") / TCP(sport=40000, dport=80, flags="S")
+    [(port, out)] = h.send(1, bytes(pkt) + b"\0" * 6 + b"junk")  # type: ignore[arg-type]
+    assert port == 4 and out[IP].src == "192.0.2.1" and len(out) == len(pkt) and valid_checksums(out)

@@ -2,7 +2,9 @@
 through BMv2 simple_switch (pcap file mode) and through softswitch's Dataplane; the packets out of every
 port, packet-ins included, and the punt counters must be identical. Cases are generated: random 5-tuples
 installed and hit (TCP/UDP, with and without NAT, UDP checksum 0), misses, every punt exception, packet-out,
-VLAN tagged/untagged/foreign VID, checksum errors and truncated frames."""
+VLAN tagged/untagged/foreign VID, checksum errors and truncated frames, and the edges of the IP receive path
+(trailing bytes, other-host and broadcast MACs, bad versions and lengths, NAT flows punted on MTU, an entry
+to the CPU port); the drop counters must agree too."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import rdpcap, wrpcap
+
+from softswitch.dataplane import FieldMatch, TableEntry
 
 PEER = "0a:0b:0c:0d:0e:0f"
 
@@ -49,8 +53,10 @@ def _cases(sw: Switch, rng: random.Random) -> tuple[list[tuple[int, bytes]], lis
     tagged = {x.number: x.vlan for x in p.ports if x.vlan is not None}
     families = [f for f in ("ipv4", "ipv6") if getattr(p, f)]
 
-    def frame(port: int, l3: Packet) -> bytes:
-        eth = Ether(src="00:00:00:00:00:aa", dst="02:00:00:00:00:01")
+    macs = {x.number: x.mac for x in p.ports}
+
+    def frame(port: int, l3: Packet, dst: str | None = None) -> bytes:
+        eth = Ether(src="00:00:00:00:00:aa", dst=dst or macs[port])
         if port in tagged:
             return bytes(eth / Dot1Q(vlan=tagged[port]) / l3)
         return bytes(eth / l3)
@@ -75,8 +81,6 @@ def _cases(sw: Switch, rng: random.Random) -> tuple[list[tuple[int, bytes]], lis
             action = "ingress.offload"
         cmds.append(f"table_add {table} {action} {' '.join(map(str, key))} => {' '.join(map(str, args))}")
         params = {n: v for n, v in enumerate(args, start=1)}
-        from softswitch.dataplane import FieldMatch, TableEntry
-
         sw.dp.insert(TableEntry(sw.id("tables", table), {n: FieldMatch(v) for n, v in enumerate(key, start=1)},
                                 sw.id("actions", action), params))
         l3: Packet = IP(src=src, dst=dst, ttl=rng.randrange(2, 255)) if fam == "ipv4" else IPv6(
@@ -105,8 +109,6 @@ def _cases(sw: Switch, rng: random.Random) -> tuple[list[tuple[int, bytes]], lis
         mtu = next(x.mtu for x in p.ports if x.number == untagged[-1])
         src, dst = _rand_v4(rng), _rand_v4(rng)
         key = [port, ip(src), ip(dst), 17, 5, 6]
-        from softswitch.dataplane import FieldMatch, TableEntry
-
         args = [untagged[-1], 1, 2]
         cmds.append(f"table_add ingress.flow_v4 ingress.offload {' '.join(map(str, key))} => "
                     f"{' '.join(map(str, args))}")
@@ -114,19 +116,54 @@ def _cases(sw: Switch, rng: random.Random) -> tuple[list[tuple[int, bytes]], lis
                                 sw.id("actions", "ingress.offload"), {n: v for n, v in enumerate(args, 1)}))
         for size in (mtu - 28, mtu - 27):
             cases.append((port, frame(port, IP(src=src, dst=dst) / UDP(sport=5, dport=6) / Raw(b"m" * size))))
+        hit = IP(src=src, dst=dst) / UDP(sport=5, dport=6) / Raw(b"edge")
+        cases += [(port, frame(port, hit) + b"\0" * 6), (port, frame(port, hit) + b"junk"),
+                  (port, frame(port, hit, dst=PEER)), (port, frame(port, hit, dst="ff:ff:ff:ff:ff:ff")),
+                  (port, frame(port, hit, dst="01:00:5e:00:00:01"))]
+        for bad in (IP(src=src, dst=dst, version=5), IP(src=src, dst=dst, ihl=4), IP(src=src, dst=dst, len=19),
+                    IP(src=src, dst=dst, len=21)):
+            cases.append((port, frame(port, bad / UDP(sport=5, dport=6) / Raw(b"edge"))))
+        if p.nat:
+            key = [port, ip(src), ip(dst), 6, 7, 8]
+            args = [untagged[-1], 1, 2, ip("192.0.2.1"), ip(dst), 9, 8]
+            cmds.append(f"table_add ingress.flow_v4 ingress.offload_nat {' '.join(map(str, key))} => "
+                        f"{' '.join(map(str, args))}")
+            sw.dp.insert(TableEntry(sw.id("tables", "ingress.flow_v4"),
+                                    {n: FieldMatch(v) for n, v in enumerate(key, 1)},
+                                    sw.id("actions", "ingress.offload_nat"), {n: v for n, v in enumerate(args, 1)}))
+            for size in (mtu - 40, mtu - 39):  # forwarded, then punted on MTU untouched
+                cases.append((port, frame(port, IP(src=src, dst=dst) / TCP(sport=7, dport=8) / Raw(b"n" * size))))
+            nat_hit = frame(port, IP(src=src, dst=dst) / TCP(sport=7, dport=8, flags="A") / Raw(b"ab"))
+            cases += [(port, nat_hit), (port, nat_hit + b"\0" * 4)]
+        key = [port, ip(src), ip(dst), 17, 11, 12]
+        args = [p.cpu_port, 1, 2]
+        cmds.append(f"table_add ingress.flow_v4 ingress.offload {' '.join(map(str, key))} => {' '.join(map(str, args))}")
+        sw.dp.insert(TableEntry(sw.id("tables", "ingress.flow_v4"), {n: FieldMatch(v) for n, v in enumerate(key, 1)},
+                                sw.id("actions", "ingress.offload"), {n: v for n, v in enumerate(args, 1)}))
+        cases.append((port, frame(port, IP(src=src, dst=dst) / UDP(sport=11, dport=12) / Raw(b"to-cpu"))))
     if p.ipv6:
         more6 = [IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrHopByHop() / UDP(),
                  IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrFragment() / UDP(),
                  IPv6(src="2001:db8::1", dst="2001:db8::2", hlim=1) / TCP(),
-                 IPv6(src="2001:db8::1", dst="2001:db8::2") / ICMP()]
+                 IPv6(src="2001:db8::1", dst="2001:db8::2") / ICMP(),
+                 IPv6(src="2001:db8::1", dst="2001:db8::2", version=4) / UDP(),
+                 IPv6(src="2001:db8::1", dst="2001:db8::2", plen=100) / UDP()]
         cases += [(port, frame(port, x)) for x in more6]
+        cases.append((port, frame(port, IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP()) + b"\0" * 6))
     cases.append((port, bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.0.0.1"))))
     whole = frame(port, IP(src="10.0.0.1", dst="10.0.0.2") / TCP() / Raw(b"x" * 20))
     cases += [(port, whole[:n]) for n in (10, 14, 20, 40)]
     for x in p.ports:  # packet-out to every port
         out = bytes(Ether(dst=PEER) / IP(dst="10.1.1.1") / UDP() / Raw(b"from-the-cpu"))
         cases.append((p.cpu_port, (x.number << 7).to_bytes(2, "big") + out))
-    for vport, vid in tagged.items():
+    for vport, vid in tagged.items():  # trailing bytes trimmed into and out of a tagged port
+        src, dst = _rand_v4(rng), _rand_v4(rng)
+        for a, b in ((port, vport), (vport, port)):
+            key = [a, ip(src), ip(dst), 17, 13, 14]
+            cmds.append(f"table_add ingress.flow_v4 ingress.offload {' '.join(map(str, key))} => {b} 1 2")
+            sw.dp.insert(TableEntry(sw.id("tables", "ingress.flow_v4"), {n: FieldMatch(v) for n, v in enumerate(key, 1)},
+                                    sw.id("actions", "ingress.offload"), {1: b, 2: 1, 3: 2}))
+            cases.append((a, frame(a, IP(src=src, dst=dst) / UDP(sport=13, dport=14) / Raw(b"v")) + b"\0" * 9))
         bad = Ether(dst="02:00:00:00:00:01") / Dot1Q(vlan=(vid % 4094) + 1) / IP(src="10.0.0.1", dst="10.0.0.2") / TCP()
         cases.append((vport, bytes(bad)))
         cases.append((vport, bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP())))
@@ -197,8 +234,9 @@ def test_softswitch_matches_bmv2(tmp_path: Path, variant: str) -> None:
     subprocess.run(["p4c-bm2-ss", "--arch", "v1model", "-o", str(tmp_path / "flowtable.json"), str(prog)],
                    check=True, capture_output=True, timeout=120)
     ports = sorted({x.number for x in sw.profile.ports} | {sw.profile.cpu_port})
-    n_punt = next((c.size for c in sw.program.p4info.counters if c.preamble.name == "ingress.punt_counter"), 0)
-    reads = [f"counter_read ingress.punt_counter {i}" for i in range(n_punt)]
+    sizes = {c.preamble.name: c.size for c in sw.program.p4info.counters}
+    indexed = [(name, i) for name in ("ingress.punt_counter", "ingress.drop_counter") for i in range(sizes.get(name, 0))]
+    reads = [f"counter_read {name} {i}" for name, i in indexed]
     bmv2, counter_text = _run_bmv2(tmp_path, tmp_path / "flowtable.json", ports, cases, cmds, reads)
     ours: dict[int, list[bytes]] = {port: [] for port in ports}
     for port, data in cases:
@@ -210,9 +248,11 @@ def test_softswitch_matches_bmv2(tmp_path: Path, variant: str) -> None:
             f"{[f.hex() for f in (Counter(ours[port]) - Counter(bmv2[port]))][:3]}; only BMv2: "
             f"{[f.hex() for f in (Counter(bmv2[port]) - Counter(ours[port]))][:3]}")
     assert sum(len(v) for v in ours.values()) > len(cases) // 2
-    if reads:
-        cid = sw.id("counters", "ingress.punt_counter")
-        for i in range(n_punt):
-            packets, bytes_ = sw.dp.counter_read(cid, i)
-            assert f"punt_counter[{i}]= ({bytes_} bytes, {packets} packets)" in counter_text, (
-                i, packets, bytes_, counter_text[-1500:])
+    for name, i in indexed:
+        packets, bytes_ = sw.dp.counter_read(sw.id("counters", name), i)
+        short = name.split(".")[-1]
+        assert f"{short}[{i}]= ({bytes_} bytes, {packets} packets)" in counter_text, (
+            name, i, packets, bytes_, counter_text[-1500:])
+    if "ingress.drop_counter" in sizes:  # the edge cases above reach every IP drop reason
+        drops = [sw.dp.counter_read(sw.id("counters", "ingress.drop_counter"), i)[0] for i in range(1, 6)]
+        assert all(drops), drops

@@ -35,6 +35,10 @@ def ports(sw: Switch) -> tuple[int, int]:
 
 
 def send(sw: Switch, port: int, pkt: Packet) -> list[tuple[int, bytes]]:
+    """A frame built for the router (to LAN_MAC) is addressed to the ingress port's own MAC, changed in place
+    so that the caller compares against what was sent: frames to another host's MAC are dropped."""
+    if Ether in pkt and pkt[Ether].dst == LAN_MAC:
+        pkt[Ether].dst = sw.profile.port(port).mac
     return sw.dp.process(port, bytes(pkt))
 
 
@@ -250,6 +254,12 @@ def test_vlan_tag_pop_push_and_foreign_vid() -> None:
     got = Ether(out[0][1])
     assert got[Dot1Q].vlan == tagged.vlan and got[IP].src == "192.0.2.1"
     checksums_ok(out[0][1])
+    # Padding after the IP packet is trimmed whichever side carries the tag: the frame leaves as long as its
+    # headers (the tag included) and the IP packet, with the NAT checksum right.
+    for port, pkt, want in ((tagged.number, inbound, len(inbound) - 4), (lan.number, outbound, len(outbound) + 4)):
+        [(_, frame)] = sw.dp.process(port, bytes(pkt) + b"\0" * 7)
+        assert len(frame) == want
+        checksums_ok(frame)
     wrong = Ether(dst=tagged.mac) / Dot1Q(vlan=tagged.vlan + 1) / IP(src="198.51.100.7", dst="192.0.2.1") / TCP()
     assert send(sw, tagged.number, wrong) == []
     # Untagged on the tagged port: no tag to check, treated like any frame (a miss here).

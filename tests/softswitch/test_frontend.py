@@ -144,3 +144,46 @@ V1Switch(P(), VC(), I(), E(), CC(), D()) main;
     assert dp.process(0, bytes([0x22, 0x01, 0x00, 0x34])) == [(7, bytes([0x22, 0x02, 0x34, 0x00]))]
     # miss: default NoAction, return: egress_spec stays 0.
     assert dp.process(0, bytes([0x99, 0x01, 0x12, 0x34])) == [(0, bytes([0x99, 0x02, 0x34, 0x12]))]
+
+
+def test_truncate_cuts_the_frame_as_it_leaves() -> None:
+    """v1model truncate as BMv2 1.15 does it (measured with simple_switch): the deparsed frame, headers added
+    in egress included, leaves cut to the length, whether ingress or egress called it; longer limits and no
+    call leave the frame whole."""
+    src = """
+#include <core.p4>
+#include <v1model.p4>
+header eth_h { bit<48> d; bit<48> s; bit<16> t; }
+header tag_h { bit<32> v; }
+struct hs { eth_h eth; tag_h tag; }
+struct m_t { bit<1> x; }
+parser P(packet_in pkt, out hs hdr, inout m_t meta, inout standard_metadata_t sm) {
+    state start { pkt.extract(hdr.eth); transition accept; }
+}
+control VC(inout hs hdr, inout m_t meta) { apply { } }
+control I(inout hs hdr, inout m_t meta, inout standard_metadata_t sm) {
+    apply { sm.egress_spec = 2; if (hdr.eth.t == 1) { truncate(20); } }
+}
+control E(inout hs hdr, inout m_t meta, inout standard_metadata_t sm) {
+    apply {
+        hdr.tag.setValid();
+        hdr.tag.v = 0xdeadbeef;
+        if (hdr.eth.t == 2) { truncate((bit<32>) hdr.eth.t + 18); }
+        if (hdr.eth.t == 3) { truncate(1000); }
+    }
+}
+control CC(inout hs hdr, inout m_t meta) { apply { } }
+control D(packet_out pkt, in hs hdr) { apply { pkt.emit(hdr.eth); pkt.emit(hdr.tag); } }
+V1Switch(P(), VC(), I(), E(), CC(), D()) main;
+"""
+    from softswitch.dataplane import Dataplane
+
+    dp = Dataplane(load_program(src, "t.p4"), 255)
+    macs = bytes.fromhex("020000000001020000000002")
+    payload = bytes(range(46))
+    for etype, length in ((1, 20), (2, 20), (3, 64), (4, 64)):
+        [(port, frame)] = dp.process(1, macs + etype.to_bytes(2, "big") + payload)
+        assert port == 2 and frame == (macs + etype.to_bytes(2, "big") + bytes.fromhex("deadbeef") + payload)[:length]
+    with pytest.raises(P4FrontendError, match="truncate is only supported in ingress and egress"):
+        load_program(src.replace("control VC(inout hs hdr, inout m_t meta) { apply { } }",
+                                 "control VC(inout hs hdr, inout m_t meta) { apply { truncate(4); } }"), "t.p4")
