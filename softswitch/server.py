@@ -736,6 +736,11 @@ class _Abort:
         self.message = message
 
 
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, Undecodable):
+        raise request.error()
+
+
 def _grpc_code(code: int) -> grpc.StatusCode:
     return GRPC_CODES.get(code, grpc.StatusCode.UNKNOWN)
 
@@ -765,6 +770,7 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
         raise AssertionError("unreachable: grpc's abort raises")
 
     def _write(self, request: p4runtime_pb2.WriteRequest) -> list[p4runtime_pb2.Error] | None:
+        _check_decoded(request)
         election = (request.election_id.high, request.election_id.low) if request.HasField("election_id") else None
         self.sw.check_writer(request.device_id, request.role, election)
         return self.sw.write(request)
@@ -784,6 +790,7 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
     async def Read(self, request: p4runtime_pb2.ReadRequest,
                    context: grpc.aio.ServicerContext) -> AsyncIterator[p4runtime_pb2.ReadResponse]:
         try:
+            _check_decoded(request)
             responses = await self._run(lambda: list(self.sw.read(request)))
         except P4RuntimeError as exc:
             log.info("Read refused: %s", exc)
@@ -792,6 +799,7 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
             yield r
 
     def _set_pipeline(self, request: p4runtime_pb2.SetForwardingPipelineConfigRequest) -> None:
+        _check_decoded(request)
         election = (request.election_id.high, request.election_id.low) if request.HasField("election_id") else None
         self.sw.check_writer(request.device_id, request.role, election)
         self.sw.set_pipeline(request.action, request.config, request.HasField("config"))
@@ -808,6 +816,7 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
 
     def _get_pipeline(self, request: p4runtime_pb2.GetForwardingPipelineConfigRequest
                       ) -> p4runtime_pb2.ForwardingPipelineConfig:
+        _check_decoded(request)
         self.sw.check_reader(request.device_id)
         return self.sw.get_pipeline(request.response_type)
 
@@ -822,6 +831,8 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
 
     async def Capabilities(self, request: p4runtime_pb2.CapabilitiesRequest,
                            context: grpc.aio.ServicerContext) -> p4runtime_pb2.CapabilitiesResponse:
+        if isinstance(request, Undecodable):
+            await self._abort(context, request.error())
         return p4runtime_pb2.CapabilitiesResponse(p4runtime_api_version=api_version())
 
     async def StreamChannel(self, request_iterator: AsyncIterator[p4runtime_pb2.StreamMessageRequest],
@@ -867,6 +878,11 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
                              out: asyncio.Queue[Any]) -> None:
         try:
             async for req in requests:
+                if isinstance(req, Undecodable):
+                    err = req.error()
+                    log.info("stream %d from %s: %s", conn.id, conn.peer, err.message)
+                    out.put_nowait(_Abort(err.code, err.message))
+                    return
                 kind = req.WhichOneof("update")
                 if kind == "arbitration":
                     try:
@@ -893,6 +909,57 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
         except Exception:
             log.exception("stream %d: reading requests failed", conn.id)
         out.put_nowait(_END)
+
+
+@dataclass(slots=True)
+class Undecodable:
+    """A request whose bytes are not a valid message: the handler refuses it with INVALID_ARGUMENT.
+
+    gRPC's own deserialization would answer UNKNOWN ("Unexpected DecodeError") and log a traceback for every
+    such request, which a hostile client could use to flood the log.
+    """
+
+    type_name: str
+    reason: str
+
+    def error(self) -> P4RuntimeError:
+        return invalid(f"the request is not a valid {self.type_name} message ({self.reason}); check the client's "
+                       "P4Runtime protos")
+
+
+def _decoder(cls: Any) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except Exception as exc:  # DecodeError, or a binding's own error on deeply nested data
+            return Undecodable(cls.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
+    return decode
+
+
+def _handlers(service: P4RuntimeService) -> grpc.GenericRpcHandler:
+    """The P4Runtime methods with our request decoding (see Undecodable); otherwise what the generated
+    add_P4RuntimeServicer_to_server registers."""
+    pb = p4runtime_pb2
+
+    def unary(fn: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_decoder(req),
+                                                   response_serializer=resp.SerializeToString)
+
+    return grpc.method_handlers_generic_handler("p4.v1.P4Runtime", {
+        "Write": unary(service.Write, pb.WriteRequest, pb.WriteResponse),
+        "Read": grpc.unary_stream_rpc_method_handler(service.Read, request_deserializer=_decoder(pb.ReadRequest),
+                                                     response_serializer=pb.ReadResponse.SerializeToString),
+        "SetForwardingPipelineConfig": unary(service.SetForwardingPipelineConfig,
+                                             pb.SetForwardingPipelineConfigRequest,
+                                             pb.SetForwardingPipelineConfigResponse),
+        "GetForwardingPipelineConfig": unary(service.GetForwardingPipelineConfig,
+                                             pb.GetForwardingPipelineConfigRequest,
+                                             pb.GetForwardingPipelineConfigResponse),
+        "StreamChannel": grpc.stream_stream_rpc_method_handler(
+            service.StreamChannel, request_deserializer=_decoder(pb.StreamMessageRequest),
+            response_serializer=pb.StreamMessageResponse.SerializeToString),
+        "Capabilities": unary(service.Capabilities, pb.CapabilitiesRequest, pb.CapabilitiesResponse),
+    })
 
 
 def write_status(errors: list[p4runtime_pb2.Error], budget: int = DETAILS_BUDGET) -> bytes:
@@ -1000,7 +1067,7 @@ class P4RuntimeServer:
     async def _start(self) -> None:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
                                           ("grpc.max_receive_message_length", 256 << 20)])
-        p4runtime_pb2_grpc.add_P4RuntimeServicer_to_server(self.service, server)
+        server.add_generic_rpc_handlers((_handlers(self.service),))
         try:
             if self.tls is None:
                 port = server.add_insecure_port(self.addr)

@@ -627,6 +627,22 @@ def test_unknown_device_id_is_not_found(rig: Rig, art: Artifacts, primary: Strea
     write(rig, (INSERT, flow(art)))  # the right device id still writes
 
 
+def test_undecodable_requests_are_invalid_argument(rig: Rig, art: Artifacts, primary: Stream) -> None:
+    """Bytes that are no valid message: INVALID_ARGUMENT naming the message type, on every method."""
+    with grpc.insecure_channel(rig.addr) as ch:
+        for method, kind in (("Write", "WriteRequest"), ("Capabilities", "CapabilitiesRequest"),
+                             ("SetForwardingPipelineConfig", "SetForwardingPipelineConfigRequest")):
+            with pytest.raises(grpc.RpcError) as info:
+                ch.unary_unary(f"/p4.v1.P4Runtime/{method}")(b"\x0a\xff\xff\xff\x0f", timeout=5)  # claims 4 GB
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"p4.v1.{kind}" in (info.value.details() or "")
+        read = ch.unary_stream("/p4.v1.P4Runtime/Read")
+        assert rpc_code(lambda: list(read(b"\x12\x05\x01", timeout=5))) == grpc.StatusCode.INVALID_ARGUMENT
+        stream = ch.stream_stream("/p4.v1.P4Runtime/StreamChannel")
+        assert rpc_code(lambda: list(stream(iter([b"\x0a\x80"]), timeout=5))) == grpc.StatusCode.INVALID_ARGUMENT
+    write(rig, (INSERT, flow(art)))  # the primary is unaffected
+
+
 # ---- command line ------------------------------------------------------------------------------------------
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "softswitch", *args], capture_output=True, text=True,
