@@ -94,6 +94,11 @@ def _scalar(f: FieldDescriptor, rng: random.Random) -> Any:
     raise AssertionError(f"unhandled field type {t} of {f.full_name}")
 
 
+def _size(msg: Message, f: FieldDescriptor) -> int:
+    value = getattr(msg, f.name)
+    return sum(m.ByteSize() for m in value) if _repeated(f) else int(value.ByteSize())
+
+
 def mutate(msg: Message, rng: random.Random, steps: int = 3, depth: int = 0) -> None:
     """Change `msg` in place: set, add, duplicate, delete or clear a field somewhere inside it, `steps` times."""
     for _ in range(steps):
@@ -104,9 +109,17 @@ def _mutate_one(msg: Message, rng: random.Random, depth: int) -> None:
     fields = [f for f in msg.DESCRIPTOR.fields if not _is_map(f)]
     if not fields:
         return
-    # prefer fields already set: mutating what a valid request carries reaches deeper into the server
+    # prefer fields already set, and sub-messages over this level's scalars: a mutated device id or election id
+    # is refused at the first check, while a mutated match field reaches the validation behind it
     present = [f for f, _ in msg.ListFields() if not _is_map(f)]
-    f = rng.choice(present) if present and rng.random() < 0.7 else rng.choice(fields)
+    nested = [f for f in present if f.type == FieldDescriptor.TYPE_MESSAGE]
+    pick = rng.random()
+    if nested and pick < 0.6:  # by size: the updates of a WriteRequest more often than its election id
+        f = rng.choices(nested, weights=[1 + _size(msg, f) for f in nested])[0]
+    elif present and pick < 0.85:
+        f = rng.choice(present)
+    else:
+        f = rng.choice(fields)
     if f.type == FieldDescriptor.TYPE_MESSAGE:
         if _repeated(f):
             seq = getattr(msg, f.name)
