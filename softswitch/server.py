@@ -769,22 +769,24 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
         await context.abort(_grpc_code(exc.code), exc.message)
         raise AssertionError("unreachable: grpc's abort raises")
 
-    def _write(self, request: p4runtime_pb2.WriteRequest) -> list[p4runtime_pb2.Error] | None:
+    def _write(self, request: p4runtime_pb2.WriteRequest) -> bytes | None:
+        """The batch applied; its grpc-status-details-bin when an update failed (made here, off the loop)."""
         _check_decoded(request)
         election = (request.election_id.high, request.election_id.low) if request.HasField("election_id") else None
         self.sw.check_writer(request.device_id, request.role, election)
-        return self.sw.write(request)
+        errors = self.sw.write(request)
+        return write_status(errors) if errors is not None else None
 
     async def Write(self, request: p4runtime_pb2.WriteRequest,
                     context: grpc.aio.ServicerContext) -> p4runtime_pb2.WriteResponse:
         try:
-            errors = await self._run(partial(self._write, request))
+            details = await self._run(partial(self._write, request))
         except P4RuntimeError as exc:
             log.info("Write refused: %s", exc)
             await self._abort(context, exc)
-        if errors is not None:
+        if details is not None:
             await context.abort(grpc.StatusCode.UNKNOWN, "Write failure.",
-                                trailing_metadata=(("grpc-status-details-bin", write_status(errors)),))
+                                trailing_metadata=(("grpc-status-details-bin", details),))
         return p4runtime_pb2.WriteResponse()
 
     async def Read(self, request: p4runtime_pb2.ReadRequest,
