@@ -656,6 +656,7 @@ def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]
     (["--no-p4", "--", "--cpu-port", "0"], "1..511"),
     (["--no-p4", "-i", "1@og-no-such-if0", "--", "--cpu-port", "255"], "does not exist"),
     (["flowtable.json"], "BMv2 JSON"),
+    (["--no-p4", "--", "--grpc-max-streams", "0"], "at least 1"),
 ])
 def test_cli_bad_arguments_are_one_line(args: list[str], words: str) -> None:
     res = run_cli(*args)
