@@ -28,6 +28,7 @@ from test_server import Sink, Stream, tcp_frame
 from offloadgen.build import build
 from offloadgen.profile import load_profile
 from offloadgen.switchproc import free_grpc_addr
+from softswitch.p4runtime.schema import MAX_MESSAGE, SHOWN_BYTES, P4RuntimeError, decode_uint
 from softswitch.server import P4RuntimeServer, SoftSwitch, serve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,3 +137,19 @@ def test_fuzzed_frames_never_break_the_dataplane(fz: Fuzz) -> None:
 
     one()
     fz.assert_serves_primary()
+
+
+@_settings(500)
+@given(data=st.binary(max_size=20_000), bitwidth=st.integers(1, 128), strict=st.booleans())
+def test_byte_string_errors_are_bounded(data: bytes, bitwidth: int, strict: bool) -> None:
+    """Whatever a client sends as a value, decode_uint either returns it or refuses it with a message of at
+    most MAX_MESSAGE characters that quotes at most SHOWN_BYTES of it."""
+    try:
+        value = decode_uint(data, bitwidth, "ingress.flow_v4: match field src_addr", strict)
+    except P4RuntimeError as exc:
+        assert len(exc.message) <= MAX_MESSAGE
+        assert exc.message.count("0x") <= 2
+        longest_hex = max((len(w) for w in exc.message.replace(",", " ").split() if w.startswith("0x")), default=0)
+        assert longest_hex <= 2 + 2 * SHOWN_BYTES + 3
+    else:
+        assert value == int.from_bytes(data, "big") and value < 1 << bitwidth
