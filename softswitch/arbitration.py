@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from google.rpc import code_pb2
 from p4.v1 import p4runtime_pb2
 
+from softswitch.p4runtime.schema import bounded
+
 log = logging.getLogger("softswitch.arbitration")
 
 ElectionId = tuple[int, int]  # (high, low)
@@ -37,6 +39,7 @@ class ArbitrationError(Exception):
     """An arbitration update the server refuses; the stream ends with this code and message."""
 
     def __init__(self, code: int, message: str) -> None:
+        message = bounded(message)  # it carries client data (a role name) into the grpc-message trailer
         super().__init__(message)
         self.code = code
         self.message = message

@@ -24,7 +24,7 @@ from typing import NoReturn
 
 from softswitch.p4runtime.schema import P4RuntimeError
 from softswitch.ports import PortError, RawPort, parse_port_spec
-from softswitch.server import TRACE, ServerStartError, SoftSwitch, TlsOptions, serve
+from softswitch.server import DEFAULT_MAX_STREAMS, TRACE, ServerStartError, SoftSwitch, TlsOptions, serve
 
 log = logging.getLogger("softswitch")
 
@@ -78,6 +78,9 @@ def target_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-server-cert", help="PEM server certificate")
     p.add_argument("--grpc-server-key", help="PEM server private key")
     p.add_argument("--grpc-server-with-client-auth", action="store_true", help="require a valid client certificate")
+    p.add_argument("--grpc-max-streams", type=int, default=DEFAULT_MAX_STREAMS, metavar="N",
+                   help=f"refuse StreamChannels beyond N open ones with RESOURCE_EXHAUSTED (default "
+                        f"{DEFAULT_MAX_STREAMS}); idle streams cost no thread, so they never slow down Write/Read")
     p.add_argument("--strict-bytestrings", action="store_true",
                    help="refuse zero-padded (non-canonical) byte strings with INVALID_ARGUMENT; the spec and BMv2 "
                         "accept them (use it to check that a controller sends canonical bytes)")
@@ -187,6 +190,8 @@ def run(argv: list[str]) -> int:
         raise UsageError(f"a port number is given twice in -i {' -i '.join(args.interface)}")
     if t.cpu_port is not None and t.cpu_port in numbers:
         raise UsageError(f"port {t.cpu_port} is the CPU port; do not attach an interface to it")
+    if t.grpc_max_streams < 1:
+        raise UsageError(f"--grpc-max-streams {t.grpc_max_streams}: must be at least 1 (the controller's stream)")
     tls = tls_options(t)
     setup_logging(args)
 
@@ -213,7 +218,7 @@ def run(argv: list[str]) -> int:
             raw_ports.append(port)
             switch.add_port(number, port)
             log.info("port %d: %s", number, iface)
-        server = serve(switch, t.grpc_server_addr, tls)
+        server = serve(switch, t.grpc_server_addr, tls, max_streams=t.grpc_max_streams)
         for port in raw_ports:
             port.start()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,22 +8,25 @@ BMv2 (p4runtime-shell, PTF, our controller) see the same answers - except where 
 specification more closely: RESOURCE_EXHAUSTED for a full table, a real VERIFY of the device config, canonical
 byte strings, PERMISSION_DENIED for const tables, idle timeouts with a 50 ms timer instead of 1 s.
 
-Threads: gRPC handlers (a thread pool), one reader thread per port, and the idle-timeout scanner. One lock
-(`SoftSwitch._lock`) serialises the dataplane: packet processing, writes and reads take it in turn.
+Threads: the gRPC event loop (streams and request decoding; see P4RuntimeService), a small worker pool for the
+calls into the switch, one reader thread per port, and the idle-timeout scanner. One lock (`SoftSwitch._lock`)
+serialises the dataplane: packet processing, writes and reads take it in turn.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import heapq
 import importlib.metadata
 import logging
-import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NoReturn, Protocol
@@ -68,6 +71,9 @@ GetConfig = p4runtime_pb2.GetForwardingPipelineConfigRequest
 GRPC_CODES: dict[int, grpc.StatusCode] = {sc.value[0]: sc for sc in grpc.StatusCode}
 READ_CHUNK = 1000  # entities per ReadResponse: a full 64k-entry table must not exceed a client's 4 MB message limit
 PACKET_IN_QUEUE = 4096  # packet-ins waiting for a slow client before they are dropped
+DETAILS_BUDGET = 8 << 10  # bytes of per-update statuses in one trailer: gRPC clients' default soft metadata limit
+DEFAULT_WORKERS = 16  # threads for calls into the switch; they serialise on its lock, so more would only wait
+DEFAULT_MAX_STREAMS = 4096  # open StreamChannels (arbitrated or not) before new ones are refused
 DEVICE_CONFIG_HINT = "send the P4 source (flowtable.p4 from `offloadgen build`) as p4_device_config"
 
 
@@ -284,10 +290,7 @@ class SoftSwitch:
     # ---- access checks ------------------------------------------------------------------------------------
     def check_writer(self, device_id: int, role: str, election_id: ElectionId | None) -> None:
         """The RPC-wide checks of Write / SetForwardingPipelineConfig, in the specification's order."""
-        if device_id != self.device_id:
-            # PI: a request to another device id finds no primary there.
-            raise P4RuntimeError(code_pb2.PERMISSION_DENIED,
-                                 f"Not primary: unknown device id {device_id}; this switch is device {self.device_id}")
+        self._check_device(device_id)
         if role:
             raise P4RuntimeError(code_pb2.NOT_FOUND, f"unknown role {role!r}; softswitch has only the default role")
         if not self.arbitration.may_write(election_id):
@@ -296,10 +299,16 @@ class SoftSwitch:
                                  "and win arbitration with a higher election id")
 
     def check_reader(self, device_id: int) -> Pipeline:
-        if device_id != self.device_id:
-            raise P4RuntimeError(code_pb2.FAILED_PRECONDITION, f"No forwarding pipeline config set for device "
-                                 f"{device_id}; this switch is device {self.device_id}")
+        self._check_device(device_id)
         return self._require_pipeline()
+
+    def _check_device(self, device_id: int) -> None:
+        # The specification's answer; PI (BMv2) instead says PERMISSION_DENIED to writes (no primary there) and
+        # FAILED_PRECONDITION to reads (no pipeline there), which hides a misconfigured device id behind
+        # arbitration or pipeline errors.
+        if device_id != self.device_id:
+            raise P4RuntimeError(code_pb2.NOT_FOUND, f"unknown device id {device_id}; this switch is device "
+                                 f"{self.device_id} (--device-id)")
 
     # ---- Write --------------------------------------------------------------------------------------------
     def write(self, request: p4runtime_pb2.WriteRequest) -> list[p4runtime_pb2.Error] | None:
@@ -727,124 +736,282 @@ class _Abort:
         self.message = message
 
 
-class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
-    """The gRPC face of a SoftSwitch."""
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, Undecodable):
+        raise request.error()
 
-    def __init__(self, switch: SoftSwitch) -> None:
+
+def _grpc_code(code: int) -> grpc.StatusCode:
+    return GRPC_CODES.get(code, grpc.StatusCode.UNKNOWN)
+
+
+class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
+    """The gRPC face of a SoftSwitch, on grpc.aio.
+
+    Why asyncio: grpc's sync server runs every RPC on a worker thread until it ends, so each open StreamChannel
+    pins a worker for its whole life, and idle or hostile streams starve Write/Read of workers (63 idle streams
+    stalled every unary RPC of a 64-worker server). Here a stream is a coroutine that costs no thread while it
+    waits; only the work that touches the switch (which takes its lock and may wait for a long batch) runs on
+    `pool`, so the event loop itself never blocks and unary RPCs always find a worker.
+    """
+
+    def __init__(self, switch: SoftSwitch, pool: Executor, max_streams: int = DEFAULT_MAX_STREAMS) -> None:
         self.sw = switch
+        self._pool = pool
+        self.max_streams = max_streams
+        self.open_streams = 0  # only touched on the event loop
+
+    async def _run(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     @staticmethod
-    def _abort(context: grpc.ServicerContext, exc: P4RuntimeError) -> NoReturn:
-        context.abort(GRPC_CODES.get(exc.code, grpc.StatusCode.UNKNOWN), exc.message)
+    async def _abort(context: grpc.aio.ServicerContext, exc: P4RuntimeError) -> NoReturn:
+        await context.abort(_grpc_code(exc.code), exc.message)
         raise AssertionError("unreachable: grpc's abort raises")
 
-    def Write(self, request: p4runtime_pb2.WriteRequest, context: grpc.ServicerContext) -> p4runtime_pb2.WriteResponse:
+    def _write(self, request: p4runtime_pb2.WriteRequest) -> bytes | None:
+        """The batch applied; its grpc-status-details-bin when an update failed (made here, off the loop)."""
+        _check_decoded(request)
         election = (request.election_id.high, request.election_id.low) if request.HasField("election_id") else None
+        self.sw.check_writer(request.device_id, request.role, election)
+        errors = self.sw.write(request)
+        return write_status(errors) if errors is not None else None
+
+    async def Write(self, request: p4runtime_pb2.WriteRequest,
+                    context: grpc.aio.ServicerContext) -> p4runtime_pb2.WriteResponse:
         try:
-            self.sw.check_writer(request.device_id, request.role, election)
-            errors = self.sw.write(request)
+            details = await self._run(partial(self._write, request))
         except P4RuntimeError as exc:
             log.info("Write refused: %s", exc)
-            self._abort(context, exc)
-        if errors is not None:
-            status = status_pb2.Status(code=code_pb2.UNKNOWN, message="Write failure.")
-            for err in errors:
-                detail = any_pb2.Any()
-                detail.Pack(err)
-                status.details.append(detail)
-            context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
-            context.abort(grpc.StatusCode.UNKNOWN, "Write failure.")
+            await self._abort(context, exc)
+        if details is not None:
+            await context.abort(grpc.StatusCode.UNKNOWN, "Write failure.",
+                                trailing_metadata=(("grpc-status-details-bin", details),))
         return p4runtime_pb2.WriteResponse()
 
-    def Read(self, request: p4runtime_pb2.ReadRequest,
-             context: grpc.ServicerContext) -> Iterator[p4runtime_pb2.ReadResponse]:
+    async def Read(self, request: p4runtime_pb2.ReadRequest,
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[p4runtime_pb2.ReadResponse]:
         try:
-            responses = list(self.sw.read(request))
+            _check_decoded(request)
+            responses = await self._run(lambda: list(self.sw.read(request)))
         except P4RuntimeError as exc:
             log.info("Read refused: %s", exc)
-            self._abort(context, exc)
-            return
-        yield from responses
+            await self._abort(context, exc)
+        for r in responses:
+            yield r
 
-    def SetForwardingPipelineConfig(self, request: p4runtime_pb2.SetForwardingPipelineConfigRequest,
-                                    context: grpc.ServicerContext) -> p4runtime_pb2.SetForwardingPipelineConfigResponse:
+    def _set_pipeline(self, request: p4runtime_pb2.SetForwardingPipelineConfigRequest) -> None:
+        _check_decoded(request)
         election = (request.election_id.high, request.election_id.low) if request.HasField("election_id") else None
+        self.sw.check_writer(request.device_id, request.role, election)
+        self.sw.set_pipeline(request.action, request.config, request.HasField("config"))
+
+    async def SetForwardingPipelineConfig(self, request: p4runtime_pb2.SetForwardingPipelineConfigRequest,
+                                          context: grpc.aio.ServicerContext
+                                          ) -> p4runtime_pb2.SetForwardingPipelineConfigResponse:
         try:
-            self.sw.check_writer(request.device_id, request.role, election)
-            self.sw.set_pipeline(request.action, request.config, request.HasField("config"))
+            await self._run(partial(self._set_pipeline, request))
         except P4RuntimeError as exc:
             log.warning("SetForwardingPipelineConfig refused: %s", exc)
-            self._abort(context, exc)
+            await self._abort(context, exc)
         return p4runtime_pb2.SetForwardingPipelineConfigResponse()
 
-    def GetForwardingPipelineConfig(self, request: p4runtime_pb2.GetForwardingPipelineConfigRequest,
-                                    context: grpc.ServicerContext) -> p4runtime_pb2.GetForwardingPipelineConfigResponse:
+    def _get_pipeline(self, request: p4runtime_pb2.GetForwardingPipelineConfigRequest
+                      ) -> p4runtime_pb2.ForwardingPipelineConfig:
+        _check_decoded(request)
+        self.sw.check_reader(request.device_id)
+        return self.sw.get_pipeline(request.response_type)
+
+    async def GetForwardingPipelineConfig(self, request: p4runtime_pb2.GetForwardingPipelineConfigRequest,
+                                          context: grpc.aio.ServicerContext
+                                          ) -> p4runtime_pb2.GetForwardingPipelineConfigResponse:
         try:
-            self.sw.check_reader(request.device_id)
-            config = self.sw.get_pipeline(request.response_type)
+            config = await self._run(partial(self._get_pipeline, request))
         except P4RuntimeError as exc:
-            self._abort(context, exc)
+            await self._abort(context, exc)
         return p4runtime_pb2.GetForwardingPipelineConfigResponse(config=config)
 
-    def Capabilities(self, request: p4runtime_pb2.CapabilitiesRequest,
-                     context: grpc.ServicerContext) -> p4runtime_pb2.CapabilitiesResponse:
+    async def Capabilities(self, request: p4runtime_pb2.CapabilitiesRequest,
+                           context: grpc.aio.ServicerContext) -> p4runtime_pb2.CapabilitiesResponse:
+        if isinstance(request, Undecodable):
+            await self._abort(context, request.error())
         return p4runtime_pb2.CapabilitiesResponse(p4runtime_api_version=api_version())
 
-    def StreamChannel(self, request_iterator: Iterator[p4runtime_pb2.StreamMessageRequest],
-                      context: grpc.ServicerContext) -> Iterator[p4runtime_pb2.StreamMessageResponse]:
-        out: queue.Queue[Any] = queue.Queue()
+    async def StreamChannel(self, request_iterator: AsyncIterator[p4runtime_pb2.StreamMessageRequest],
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[p4runtime_pb2.StreamMessageResponse]:
+        if self.open_streams >= self.max_streams:
+            # Admission: past the limit a stream is refused at once instead of holding memory and an HTTP/2
+            # stream for a client that may never arbitrate.
+            log.warning("StreamChannel from %s refused: %d streams open", context.peer(), self.open_streams)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"too many open StreamChannels (at most {self.max_streams}); close idle streams "
+                                "or raise --grpc-max-streams")
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[Any] = asyncio.Queue()
 
         def send(msg: p4runtime_pb2.StreamMessageResponse) -> None:
+            # Called from port readers, the idle scanner and arbitration: must not block. A slow client loses
+            # packet-ins beyond PACKET_IN_QUEUE, never arbitration or idle-timeout messages.
             if msg.HasField("packet") and out.qsize() >= PACKET_IN_QUEUE:
                 self.sw.packet_ins_dropped += 1
                 return
-            out.put(msg)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server is stopping
+                loop.call_soon_threadsafe(out.put_nowait, msg)
 
         conn = Connection(send=send, peer=context.peer())
-        context.add_callback(lambda: out.put(_END))
-        reader = threading.Thread(target=self._stream_reader, args=(request_iterator, conn, out),
-                                  name=f"stream-{conn.id}", daemon=True)
-        reader.start()
+        self.open_streams += 1
+        reader = asyncio.create_task(self._stream_reader(request_iterator, conn, out))
         log.debug("stream %d opened by %s", conn.id, conn.peer)
         try:
             while True:
-                item = out.get()
+                item = await out.get()
                 if item is _END:
                     return
                 if isinstance(item, _Abort):
-                    context.abort(GRPC_CODES.get(item.code, grpc.StatusCode.UNKNOWN), item.message)
+                    await context.abort(_grpc_code(item.code), item.message)
                 yield item
         finally:
+            self.open_streams -= 1
+            reader.cancel()
             self.sw.arbitration.remove(conn)
             log.debug("stream %d closed", conn.id)
 
-    def _stream_reader(self, requests: Iterator[p4runtime_pb2.StreamMessageRequest], conn: Connection,
-                       out: queue.Queue[Any]) -> None:
+    async def _stream_reader(self, requests: AsyncIterator[p4runtime_pb2.StreamMessageRequest], conn: Connection,
+                             out: asyncio.Queue[Any]) -> None:
         try:
-            for req in requests:
+            async for req in requests:
+                if isinstance(req, Undecodable):
+                    err = req.error()
+                    log.info("stream %d from %s: %s", conn.id, conn.peer, err.message)
+                    out.put_nowait(_Abort(err.code, err.message))
+                    return
                 kind = req.WhichOneof("update")
                 if kind == "arbitration":
                     try:
                         self.sw.arbitration.update(conn, req.arbitration)
                     except ArbitrationError as exc:
                         log.info("arbitration from %s refused: %s", conn.peer, exc.message)
-                        out.put(_Abort(exc.code, exc.message))
+                        out.put_nowait(_Abort(exc.code, exc.message))
                         return
                 elif kind == "packet":
                     if not self.sw.arbitration.is_primary(conn):
                         log.debug("packet-out from non-primary %s ignored", conn)
                         continue
-                    err = self.sw.packet_out(req.packet)
+                    # on the pool: the dataplane lock may be held by a long Write batch
+                    err = await self._run(partial(self.sw.packet_out, req.packet))
                     if err is not None:
                         log.info("packet-out refused: %s", err.message)
                         conn.send(p4runtime_pb2.StreamMessageResponse(error=err))
                 elif kind in ("digest_ack", "other"):
                     continue
+        except asyncio.CancelledError:
+            raise
         except grpc.RpcError:
             pass
         except Exception:
             log.exception("stream %d: reading requests failed", conn.id)
-        out.put(_END)
+        out.put_nowait(_END)
+
+
+@dataclass(slots=True)
+class Undecodable:
+    """A request whose bytes are not a valid message: the handler refuses it with INVALID_ARGUMENT.
+
+    gRPC's own deserialization would answer UNKNOWN ("Unexpected DecodeError") and log a traceback for every
+    such request, which a hostile client could use to flood the log.
+    """
+
+    type_name: str
+    reason: str
+
+    def error(self) -> P4RuntimeError:
+        return invalid(f"the request is not a valid {self.type_name} message ({self.reason}); check the client's "
+                       "P4Runtime protos")
+
+
+def _decoder(cls: Any) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except Exception as exc:  # DecodeError, or a binding's own error on deeply nested data
+            return Undecodable(cls.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
+    return decode
+
+
+def _handlers(service: P4RuntimeService) -> grpc.GenericRpcHandler:
+    """The P4Runtime methods with our request decoding (see Undecodable); otherwise what the generated
+    add_P4RuntimeServicer_to_server registers."""
+    pb = p4runtime_pb2
+
+    def unary(fn: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_decoder(req),
+                                                   response_serializer=resp.SerializeToString)
+
+    return grpc.method_handlers_generic_handler("p4.v1.P4Runtime", {
+        "Write": unary(service.Write, pb.WriteRequest, pb.WriteResponse),
+        "Read": grpc.unary_stream_rpc_method_handler(service.Read, request_deserializer=_decoder(pb.ReadRequest),
+                                                     response_serializer=pb.ReadResponse.SerializeToString),
+        "SetForwardingPipelineConfig": unary(service.SetForwardingPipelineConfig,
+                                             pb.SetForwardingPipelineConfigRequest,
+                                             pb.SetForwardingPipelineConfigResponse),
+        "GetForwardingPipelineConfig": unary(service.GetForwardingPipelineConfig,
+                                             pb.GetForwardingPipelineConfigRequest,
+                                             pb.GetForwardingPipelineConfigResponse),
+        "StreamChannel": grpc.stream_stream_rpc_method_handler(
+            service.StreamChannel, request_deserializer=_decoder(pb.StreamMessageRequest),
+            response_serializer=pb.StreamMessageResponse.SerializeToString),
+        "Capabilities": unary(service.Capabilities, pb.CapabilitiesRequest, pb.CapabilitiesResponse),
+    })
+
+
+def write_status(errors: list[p4runtime_pb2.Error], budget: int = DETAILS_BUDGET) -> bytes:
+    """The grpc-status-details-bin of a failed batch: one p4.v1.Error per update, in order (as PI sends).
+
+    The whole trailer must stay under the client's metadata limit or the client gets RESOURCE_EXHAUSTED and none
+    of the statuses. So when the messages do not fit in `budget` bytes, the first ones that fit keep their
+    message and the rest carry only their code (the log has every message). An update's status without a
+    message still costs ~40 bytes, so a batch of more than ~200 updates exceeds gRPC's default 8 KB soft limit
+    whatever the server does; only a client that raised its channel's grpc.max_metadata_size can take that
+    answer, and it then gets every message (each bounded, see schema.show_bytes).
+    """
+    status = status_pb2.Status(code=code_pb2.UNKNOWN, message="Write failure.")
+    bare = p4runtime_pb2.Error()
+    details: list[any_pb2.Any] = []
+    extra: list[int] = []  # bytes each message adds
+    for err in errors:
+        full = any_pb2.Any()
+        full.Pack(err)
+        details.append(full)
+        if err.message or err.space:
+            bare.Clear()
+            bare.canonical_code = err.canonical_code
+            short = any_pb2.Any()
+            short.Pack(bare)
+            extra.append(full.ByteSize() - short.ByteSize())
+        else:
+            extra.append(0)
+    status.details.extend(details)
+    size = status.ByteSize()
+    room = budget - (size - sum(extra))
+    if size <= budget:
+        return status.SerializeToString()
+    if room < 0:
+        # Too many updates for the default limit even without messages: only a client that raised its limit can
+        # take the answer, so give it every message.
+        log.warning("Write: the statuses of %d updates need %d bytes of trailer, more than gRPC clients accept by "
+                    "default; such a client sees RESOURCE_EXHAUSTED unless it raises grpc.max_metadata_size (or "
+                    "sends smaller batches)", len(errors), size)
+        return status.SerializeToString()
+    for i, err in enumerate(errors):
+        if not extra[i]:
+            continue
+        if extra[i] <= room:
+            room -= extra[i]
+            continue
+        bare.Clear()
+        bare.canonical_code = err.canonical_code
+        status.details[i].Pack(bare)
+    return status.SerializeToString()
 
 
 class ServerStartError(RuntimeError):
@@ -876,25 +1043,89 @@ def _check_bindable(addr: str) -> None:
         raise ServerStartError(f"cannot listen on {addr}: {reason}") from None
 
 
-def serve(switch: SoftSwitch, addr: str, tls: TlsOptions | None = None, max_workers: int = 64) -> grpc.Server:
+class P4RuntimeServer:
+    """The running gRPC server: a grpc.aio server on an event loop of its own thread, and the worker pool that
+    runs the switch calls. `stop` returns an Event like grpc.Server.stop, so callers can wait for it."""
+
+    def __init__(self, switch: SoftSwitch, addr: str, tls: TlsOptions | None = None, workers: int = DEFAULT_WORKERS,
+                 max_streams: int = DEFAULT_MAX_STREAMS) -> None:
+        self.switch = switch
+        self.addr = addr
+        self.tls = tls
+        self.pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc")
+        self.service = P4RuntimeService(switch, self.pool, max_streams)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="grpc-loop", daemon=True)
+        self._server: grpc.aio.Server | None = None
+        self._stopped: threading.Event | None = None
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    async def _start(self) -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+                                          ("grpc.max_receive_message_length", 256 << 20)])
+        server.add_generic_rpc_handlers((_handlers(self.service),))
+        try:
+            if self.tls is None:
+                port = server.add_insecure_port(self.addr)
+            else:
+                creds = grpc.ssl_server_credentials([(self.tls.key, self.tls.cert)],
+                                                    root_certificates=self.tls.cacert,
+                                                    require_client_auth=self.tls.require_client_auth)
+                port = server.add_secure_port(self.addr, creds)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise ServerStartError(f"cannot listen on {self.addr}: the address is in use or invalid; stop the other "
+                                   "switch or pick another --grpc-server-addr")
+        await server.start()
+        self._server = server
+
+    def start(self) -> P4RuntimeServer:
+        _check_bindable(self.addr)
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            self.pool.shutdown(wait=False)
+            raise
+        return self
+
+    def stop(self, grace: float | None = None) -> threading.Event:
+        """Stop serving (in-flight RPCs get `grace` seconds); the Event is set once the loop has ended."""
+        if self._stopped is not None:
+            return self._stopped
+        done = self._stopped = threading.Event()
+        server = self._server
+
+        async def _stop() -> None:
+            if server is not None:
+                await server.stop(grace)
+
+        def _finish(_: Any) -> None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            self.pool.shutdown(wait=False)
+            done.set()
+
+        try:
+            asyncio.run_coroutine_threadsafe(_stop(), self._loop).add_done_callback(
+                lambda f: threading.Thread(target=_finish, args=(f,), name="grpc-stop", daemon=True).start())
+        except RuntimeError:  # the loop has already ended
+            done.set()
+        return done
+
+
+def serve(switch: SoftSwitch, addr: str, tls: TlsOptions | None = None, workers: int = DEFAULT_WORKERS,
+          max_streams: int = DEFAULT_MAX_STREAMS) -> P4RuntimeServer:
     """Start the P4Runtime gRPC server for `switch` on `addr`; raises ServerStartError when it cannot listen."""
-    _check_bindable(addr)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 256 << 20)])
-    p4runtime_pb2_grpc.add_P4RuntimeServicer_to_server(P4RuntimeService(switch), server)
-    try:
-        if tls is None:
-            port = server.add_insecure_port(addr)
-        else:
-            creds = grpc.ssl_server_credentials([(tls.key, tls.cert)], root_certificates=tls.cacert,
-                                                require_client_auth=tls.require_client_auth)
-            port = server.add_secure_port(addr, creds)
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        raise ServerStartError(f"cannot listen on {addr}: the address is in use or invalid; stop the other switch "
-                               "or pick another --grpc-server-addr")
-    server.start()
+    server = P4RuntimeServer(switch, addr, tls, workers, max_streams).start()
     switch.start()
     return server

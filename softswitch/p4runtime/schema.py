@@ -26,6 +26,7 @@ class P4RuntimeError(Exception):
     """A request the server refuses: a google.rpc code and a message naming the place and the fix."""
 
     def __init__(self, code: int, message: str) -> None:
+        message = bounded(message)
         super().__init__(message)
         self.code = code
         self.message = message
@@ -158,6 +159,27 @@ class Schema:
         return c
 
 
+SHOWN_BYTES = 32  # of a byte string quoted in an error message; the rest is elided
+MAX_MESSAGE = 400  # characters of one error message
+
+
+def show_bytes(data: bytes) -> str:
+    """A byte string for an error message, at most SHOWN_BYTES of it in hex.
+
+    Per-update errors travel in one trailer (grpc-status-details-bin) for the whole batch, and clients refuse
+    trailers beyond their metadata limit (16 KB by default in gRPC): quoting an 8 KB value whole turned the
+    answer into RESOURCE_EXHAUSTED and lost every per-update status of the batch.
+    """
+    if len(data) <= SHOWN_BYTES:
+        return f"0x{data.hex()}"
+    return f"0x{data[:SHOWN_BYTES].hex()}... ({len(data)} bytes)"
+
+
+def bounded(message: str) -> str:
+    """`message` cut to MAX_MESSAGE characters (see show_bytes for why every per-update message is bounded)."""
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 3] + "..."
+
+
 def decode_uint(data: bytes, bitwidth: int, what: str, strict: bool = False) -> int:
     """The unsigned value of a P4Runtime byte string that must fit in `bitwidth` bits.
 
@@ -171,10 +193,11 @@ def decode_uint(data: bytes, bitwidth: int, what: str, strict: bool = False) -> 
                              f"{what}: empty byte string; send at least one byte (b'\\x00' for zero)")
     value = int.from_bytes(data, "big")
     if value >> bitwidth:
-        raise P4RuntimeError(code_pb2.OUT_OF_RANGE, f"{what}: value 0x{data.hex()} does not fit in {bitwidth} bits")
+        raise P4RuntimeError(code_pb2.OUT_OF_RANGE, f"{what}: value {show_bytes(data)} does not fit in {bitwidth} bits")
     if strict and len(data) > 1 and data[0] == 0:
-        raise invalid(f"{what}: non-canonical byte string 0x{data.hex()} (leading zero bytes); send the shortest "
-                      f"big-endian encoding, {encode_uint(value)!r} (softswitch runs with --strict-bytestrings)")
+        raise invalid(f"{what}: non-canonical byte string {show_bytes(data)} (leading zero bytes); send the shortest "
+                      f"big-endian encoding, {show_bytes(encode_uint(value))} (softswitch runs with "
+                      "--strict-bytestrings)")
     return value
 
 

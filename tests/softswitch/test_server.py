@@ -6,6 +6,7 @@ The server runs in-process (fast, no root); the command-line tests start `python
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import queue
 import signal
@@ -27,7 +28,7 @@ from p4.v1 import p4runtime_pb2, p4runtime_pb2_grpc
 from offloadgen.build import build
 from offloadgen.profile import load_profile
 from offloadgen.switchproc import free_grpc_addr
-from softswitch.server import SoftSwitch, serve
+from softswitch.server import P4RuntimeServer, SoftSwitch, serve
 
 REPO = Path(__file__).resolve().parents[2]
 DEVICE = 1
@@ -83,6 +84,7 @@ class Rig:
     addr: str
     stub: p4runtime_pb2_grpc.P4RuntimeStub
     sinks: dict[int, Sink]
+    server: P4RuntimeServer
 
 
 @pytest.fixture
@@ -95,10 +97,10 @@ def rig() -> Iterator[Rig]:
     server = serve(sw, addr)
     channel = grpc.insecure_channel(addr)
     try:
-        yield Rig(sw, addr, p4runtime_pb2_grpc.P4RuntimeStub(channel), sinks)
+        yield Rig(sw, addr, p4runtime_pb2_grpc.P4RuntimeStub(channel), sinks, server)
     finally:
         channel.close()
-        server.stop(0)
+        server.stop(0).wait(5)
         sw.stop()
 
 
@@ -286,8 +288,6 @@ def test_arbitration_primary_backup_and_failover(rig: Rig, art: Artifacts) -> No
     # the backup cannot write but can read
     assert rpc_code(lambda: write(rig, (INSERT, flow(art)), election=(0, 3))) == grpc.StatusCode.PERMISSION_DENIED
     assert rpc_code(lambda: write(rig, (INSERT, flow(art)), election=None)) == grpc.StatusCode.PERMISSION_DENIED
-    assert rpc_code(lambda: write(rig, (INSERT, flow(art)), election=(0, 5), device_id=9)) == \
-        grpc.StatusCode.PERMISSION_DENIED
     assert read(rig, p4runtime_pb2.Entity(table_entry={"table_id": art.id("tables", "flow_v4")})) == []
     write(rig, (INSERT, flow(art)), election=(0, 5))
     # a duplicate election id ends the stream with INVALID_ARGUMENT
@@ -468,6 +468,182 @@ def test_packet_in_and_packet_out(rig: Rig, art: Artifacts, primary: Stream) -> 
     assert fwd[:12] == bytes.fromhex("020000000002020000000001") and fwd[22] == 63
 
 
+# ---- hostile and careless clients -------------------------------------------------------------------------
+IDLE_STREAMS = 1000
+IDLE_DEADLINE = 120.0  # the idle streams' own deadline: everything the primary asks must be answered before it
+
+
+class IdleStreams:
+    """StreamChannels that never send anything, opened on their own connection by an asyncio client (1,000
+    sync-client streams would need 1,000 request threads in this process)."""
+
+    def __init__(self, addr: str, n: int, deadline: float) -> None:
+        self.addr, self.n, self.deadline = addr, n, deadline
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.calls: list[Any] = []
+        self.channel: grpc.aio.Channel | None = None
+
+    def __enter__(self) -> IdleStreams:
+        self.thread.start()
+
+        async def open_all() -> None:
+            # a local subchannel pool: a connection of their own, not the primary's
+            self.channel = grpc.aio.insecure_channel(self.addr, options=[("grpc.use_local_subchannel_pool", 1)])
+            stub = p4runtime_pb2_grpc.P4RuntimeStub(self.channel)
+            self.calls = [stub.StreamChannel(timeout=self.deadline) for _ in range(self.n)]
+            await asyncio.gather(*(c.wait_for_connection() for c in self.calls))
+
+        asyncio.run_coroutine_threadsafe(open_all(), self.loop).result(60)
+        return self
+
+    def alive(self) -> int:
+        return sum(not c.done() for c in self.calls)
+
+    def __exit__(self, *exc: object) -> None:
+        async def close() -> None:
+            for c in self.calls:
+                c.cancel()
+            if self.channel is not None:
+                await self.channel.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_idle_streams_do_not_starve_the_primary(rig: Rig, art: Artifacts, primary: Stream) -> None:
+    """1,000 StreamChannels that send nothing: the primary's Write, Read and Capabilities are all answered while
+    they are still open (before their deadline), it stays primary, and its packet-ins still arrive."""
+    started = time.monotonic()
+    with IdleStreams(rig.addr, IDLE_STREAMS, IDLE_DEADLINE) as idle:
+        wait_until(lambda: rig.server.service.open_streams >= IDLE_STREAMS + 1, 60, "the idle streams to open")
+        remaining = IDLE_DEADLINE - (time.monotonic() - started) - 5
+        for sport in range(20):
+            req = p4runtime_pb2.WriteRequest(device_id=DEVICE, election_id={"low": 1})
+            req.updates.add(type=INSERT).entity.table_entry.CopyFrom(flow(art, sport=sport))
+            rig.stub.Write(req, timeout=remaining)
+        got = [e for r in rig.stub.Read(p4runtime_pb2.ReadRequest(
+            device_id=DEVICE, entities=[{"table_entry": {"table_id": art.id("tables", "flow_v4")}}]), timeout=remaining)
+            for e in r.entities]
+        assert len(got) == 20
+        assert rig.stub.Capabilities(p4runtime_pb2.CapabilitiesRequest(), timeout=remaining).p4runtime_api_version
+        rig.sw.receive(1, tcp_frame(sport=999))  # a miss: packet-in to the primary
+        assert primary.get("packet").packet.payload == tcp_frame(sport=999)
+        # answered while every idle stream was still open, i.e. before their deadline
+        assert idle.alive() == IDLE_STREAMS
+        assert rig.server.service.open_streams >= IDLE_STREAMS + 1
+    # still the primary: its election id still writes
+    write(rig, (DELETE, flow(art, sport=0)))
+
+
+def test_stream_admission_limit(art: Artifacts) -> None:
+    sw = SoftSwitch(DEVICE, CPU)
+    addr = free_grpc_addr()
+    server = serve(sw, addr, max_streams=2)
+    channel = grpc.insecure_channel(addr)
+    stub = p4runtime_pb2_grpc.P4RuntimeStub(channel)
+    try:
+        a, b = Stream(stub), Stream(stub)
+        assert a.arbitrate((0, 1)).arbitration.status.code == code_pb2.OK
+        wait_until(lambda: server.service.open_streams == 2, 10, "two streams")
+        c = Stream(stub)
+        assert c.done.wait(5) and c.ended is not None and c.ended.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--grpc-max-streams" in (c.ended.details() or "")
+        b.close()  # a slot frees up
+        wait_until(lambda: server.service.open_streams == 1, 10, "the closed stream to go")
+        d = Stream(stub)
+        assert d.arbitrate((0, 2)).arbitration.status.code == code_pb2.OK
+        for s in (a, d):
+            s.close()
+    finally:
+        channel.close()
+        server.stop(0).wait(5)
+        sw.stop()
+
+
+def test_over_wide_value_is_out_of_range_with_a_short_message(rig: Rig, art: Artifacts, primary: Stream) -> None:
+    wide = flow(art)
+    wide.match[1].exact.value = b"\x5a" * 8192
+    with pytest.raises(grpc.RpcError) as info:
+        write(rig, (INSERT, wide))
+    (err,) = write_errors(info.value)
+    assert err.canonical_code == code_pb2.OUT_OF_RANGE
+    assert "8192 bytes" in err.message and err.message.count("5a") <= 100, err.message
+    assert len(err.message) <= 400
+
+
+BIG_TRAILERS = [("grpc.max_metadata_size", 1 << 20), ("grpc.absolute_max_metadata_size", 1 << 20)]
+
+
+def test_a_batch_of_failing_updates_returns_every_status(rig: Rig, art: Artifacts, primary: Stream) -> None:
+    """A batch as large as the controller sends (128) whose every update fails with a long message reaches a
+    client with gRPC's default metadata limit with every status; a 1,000-update batch reaches a client that
+    raised its limit with every status and message."""
+    def batch(n: int) -> p4runtime_pb2.WriteRequest:
+        req = p4runtime_pb2.WriteRequest(device_id=DEVICE, election_id={"low": 1})
+        for i in range(n):
+            te = flow(art, sport=i)
+            if i % 2:
+                te.table_id = 4242  # the message lists every table
+            else:
+                te.match[1].exact.value = b"\x01" * 8192
+            req.updates.add(type=INSERT).entity.table_entry.CopyFrom(te)
+        return req
+
+    for _ in range(3):  # the client's soft limit refuses at random: a pass by luck would not repeat
+        with pytest.raises(grpc.RpcError) as info:
+            rig.stub.Write(batch(128), timeout=30)
+        errs = write_errors(info.value)
+        assert [e.canonical_code for e in errs] == [code_pb2.OUT_OF_RANGE, code_pb2.INVALID_ARGUMENT] * 64
+        assert errs[0].message  # the first ones keep their message
+    with grpc.insecure_channel(rig.addr, options=BIG_TRAILERS) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            p4runtime_pb2_grpc.P4RuntimeStub(channel).Write(batch(1000), timeout=60)
+        errs = write_errors(info.value)
+    assert [e.canonical_code for e in errs] == [code_pb2.OUT_OF_RANGE, code_pb2.INVALID_ARGUMENT] * 500
+    assert all(e.message and len(e.message) <= 400 for e in errs)
+
+
+def test_unknown_device_id_is_not_found(rig: Rig, art: Artifacts, primary: Stream) -> None:
+    """The specification's answer (BMv2 says PERMISSION_DENIED to writes, FAILED_PRECONDITION to reads)."""
+    other = DEVICE + 8
+    with pytest.raises(grpc.RpcError) as info:
+        write(rig, (INSERT, flow(art)), device_id=other)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and f"device id {other}" in (info.value.details() or "")
+    req = p4runtime_pb2.ReadRequest(device_id=other, entities=[{"table_entry": {}}])
+    assert rpc_code(lambda: list(rig.stub.Read(req, timeout=5))) == grpc.StatusCode.NOT_FOUND
+    assert rpc_code(lambda: rig.stub.GetForwardingPipelineConfig(GetReq(device_id=other))) == \
+        grpc.StatusCode.NOT_FOUND
+    setreq = SetReq(device_id=other, action=SetReq.VERIFY, election_id={"low": 1}, config=art.config())
+    assert rpc_code(lambda: rig.stub.SetForwardingPipelineConfig(setreq, timeout=10)) == grpc.StatusCode.NOT_FOUND
+    write(rig, (INSERT, flow(art)))  # the right device id still writes
+
+
+def test_undecodable_requests_are_invalid_argument(rig: Rig, art: Artifacts, primary: Stream) -> None:
+    """Bytes that are no valid message: INVALID_ARGUMENT naming the message type, on every method."""
+    with grpc.insecure_channel(rig.addr) as ch:
+        for method, kind in (("Write", "WriteRequest"), ("Capabilities", "CapabilitiesRequest"),
+                             ("SetForwardingPipelineConfig", "SetForwardingPipelineConfigRequest")):
+            with pytest.raises(grpc.RpcError) as info:
+                ch.unary_unary(f"/p4.v1.P4Runtime/{method}")(b"\x0a\xff\xff\xff\x0f", timeout=5)  # claims 4 GB
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"p4.v1.{kind}" in (info.value.details() or "")
+        read = ch.unary_stream("/p4.v1.P4Runtime/Read")
+        assert rpc_code(lambda: list(read(b"\x12\x05\x01", timeout=5))) == grpc.StatusCode.INVALID_ARGUMENT
+        stream = ch.stream_stream("/p4.v1.P4Runtime/StreamChannel")
+        assert rpc_code(lambda: list(stream(iter([b"\x0a\x80"]), timeout=5))) == grpc.StatusCode.INVALID_ARGUMENT
+    write(rig, (INSERT, flow(art)))  # the primary is unaffected
+
+
 # ---- command line ------------------------------------------------------------------------------------------
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "softswitch", *args], capture_output=True, text=True,
@@ -481,6 +657,7 @@ def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]
     (["--no-p4", "--", "--cpu-port", "0"], "1..511"),
     (["--no-p4", "-i", "1@og-no-such-if0", "--", "--cpu-port", "255"], "does not exist"),
     (["flowtable.json"], "BMv2 JSON"),
+    (["--no-p4", "--", "--grpc-max-streams", "0"], "at least 1"),
 ])
 def test_cli_bad_arguments_are_one_line(args: list[str], words: str) -> None:
     res = run_cli(*args)
