@@ -26,6 +26,8 @@ from .config import RouterConfig
 from .conntrack import Conn, Conntrack, CtEvent, CtRecord, Timeouts
 from .entities import IdleTimeout, PacketIn
 from .errors import P4RuntimeError
+from .kernel.offload import KernelOffloader
+from .kernel.slowpath import KernelOptions, KernelSlowPath, default_netns
 from .offloader import Offloader
 from .pipeline import Pipeline
 from .slowpath import SlowPath
@@ -47,7 +49,7 @@ class Controller:
     def __init__(self, config: RouterConfig, pipeline: Pipeline, address: str, *, device_id: int = 1,
                  election_id: ElectionId = (0, 1), clock: Callable[[], int] = time.monotonic_ns,
                  timeouts: Timeouts | None = None, tcp_loose: bool = True, queue_size: int = 65536,
-                 flush_on_stop: bool = True) -> None:
+                 flush_on_stop: bool = True, kernel: KernelOptions | None = None) -> None:
         self.config = config
         self.pipeline = pipeline
         self.clock = clock
@@ -55,9 +57,18 @@ class Controller:
                                    handlers=StreamHandlers(self._on_packet_in, self._on_idle_timeout,
                                                            self._on_connected, self._on_disconnected))
         self.conntrack = Conntrack(clock, timeouts=timeouts, tcp_loose=tcp_loose)
-        self.slowpath = SlowPath(config, clock=clock, emit=self._emit, conntrack=self.conntrack)
         self.conntrack.subscribe(self._log_event)
-        self.offloader = Offloader(config, pipeline, self.conntrack, self.slowpath, self.client, self._emit, clock)
+        # The slow path: offloadgen's model of the forward path, or the Linux kernel (--slowpath kernel)
+        self.kernel: KernelSlowPath | None = None
+        self.slowpath: SlowPath | KernelSlowPath
+        if kernel is None:
+            sp = SlowPath(config, clock=clock, emit=self._emit, conntrack=self.conntrack)
+            self.slowpath = sp
+            self.offloader: Offloader = Offloader(config, pipeline, self.conntrack, sp, self.client, self._emit, clock)
+        else:
+            self.kernel = KernelSlowPath(config, kernel, self._emit, default_name=default_netns(address, device_id))
+            self.slowpath = self.kernel
+            self.offloader = KernelOffloader(config, pipeline, self.kernel, self.client, self._emit, clock)
         self.flush_on_stop = flush_on_stop
         try:
             self.punt_reasons = pipeline.p4info.serializable_enum(PUNT_ENUM)
@@ -76,11 +87,15 @@ class Controller:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, connect_timeout: float = 10.0) -> Controller:
+        if self.kernel is not None:
+            self.kernel.open()
         self.client.connect(connect_timeout)
         pushed = self.client.set_pipeline(self.pipeline)
         log.info("connected to %s; pipeline %s", self.client.address, "pushed" if pushed else "already there")
         self._start_connects = self.client.connect_count
         self.offloader.start()
+        if self.kernel is not None:
+            self.kernel.start()
         self._stop.clear()
         self._worker = threading.Thread(target=self._run, name="controller", daemon=True)
         self._worker.start()
@@ -98,6 +113,8 @@ class Controller:
         except Exception:
             log.exception("stopping the flowtable failed")
         self.client.close()
+        if self.kernel is not None:
+            self.kernel.close(keep=not self.flush_on_stop)
         log.info("controller stopped")
 
     def wait(self, stop: threading.Event | None = None) -> None:
@@ -134,12 +151,16 @@ class Controller:
     # ------------------------------------------------------------------ observing
 
     def snapshot(self) -> list[CtRecord]:
+        if isinstance(self.offloader, KernelOffloader):
+            return self.offloader.snapshot()
         return self.conntrack.snapshot()
 
     def stats(self) -> dict[str, int]:
         out = dict(self.slowpath.stats)
         out.update({f"conntrack_{k}": v for k, v in self.conntrack.stats.items()})
         out["conntrack_entries"] = len(self.conntrack)
+        if isinstance(self.offloader, KernelOffloader):
+            out.update(self.offloader.conntrack_stats())
         out["packet_in"] = self.client.packets_in
         out["packet_out"] = self.client.packets_out
         out["queue_dropped"] = self.dropped_events
