@@ -34,7 +34,7 @@ from ..config import RouterConfig
 from ..conntrack import IPPROTO_TCP, IPPROTO_UDP, CtRecord, CtTuple, Dir, TcpState
 from ..flowtable.core import Flow, FlowDirection, FlowTable, OfferResult
 from ..flowtable.fastpath import FastPath
-from ..flowtable.model import NS, FlowTuple
+from ..flowtable.model import NS, FlowFlag, FlowTuple
 from ..flowtable.p4map import PipelineCaps, caps_from_p4info
 from ..flowtable.reconcile import EntryPair
 from ..offloader import Offloader, load_policy
@@ -50,6 +50,10 @@ _FINAL = {OfferResult.POLICY, OfferResult.PROTO, OfferResult.INCONSISTENT}
 #: How far ahead of the flow's own deadline the kernel's timeout is kept (s): the switch's counters are
 #: read when less than 90 % of the flow timeout remains, so the kernel must outlive that by a margin.
 KERNEL_GRACE_S = 30
+#: How long a punted FIN/RST of an offloaded flow may wait for the flow's entries to leave the switch.
+FIN_HOLD_S = 0.25
+TCP_FIN = 0x01
+TCP_RST = 0x04
 
 
 @dataclass(slots=True, eq=False)
@@ -297,14 +301,33 @@ class KernelOffloader(Offloader):
         t = CtTuple(pkt.src, pkt.dst, pkt.proto, pkt.sport, pkt.dport)
         hit = self.ft.lookup(FlowTuple(in_port, t.src, t.dst, t.proto, t.sport, t.dport))
         if hit is not None:
-            self.ft.refresh(hit[0])
+            flow = hit[0]
             self.kstats["punted_in_flowtable"] += 1
+            if pkt.proto == IPPROTO_TCP and pkt.tcp_flags & (TCP_FIN | TCP_RST):
+                self._close_before_kernel(flow)
+            else:
+                self.ft.refresh(flow)
             return False
         with self._lock:
             conn = self._by_tuple.get(t)
         if conn is not None and conn.flow is None and not conn.refused and conn.established:
             self._offer_kconn(conn)
         return False
+
+    def _close_before_kernel(self, flow: Flow) -> None:
+        """A FIN/RST of an offloaded flow: take its entries off the switch before the kernel sees it.
+
+        The peer answers a FIN at once; if that ACK still met the flow's entries, the switch would forward
+        it and the kernel's conntrack would miss a step of the close (CLOSE_WAIT) that a plain Linux router
+        sees. So, as ``nf_flow_offload_ip_hook`` tears a flow down on FIN/RST before the packet goes on,
+        the flow closes here and the FIN waits (briefly, bounded) until the switch has dropped the entries.
+        """
+        self.ft.mark_closing(flow)
+        deadline = time.monotonic() + FIN_HOLD_S
+        while flow.hw_installed and not flow.flags & FlowFlag.HW_DEAD and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if flow.hw_installed and not flow.flags & FlowFlag.HW_DEAD:
+            self.kstats["fin_hold_expired"] += 1
 
     def tick(self) -> None:
         super().tick()
