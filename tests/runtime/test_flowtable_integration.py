@@ -578,3 +578,36 @@ def test_software_flowtable_forwards_without_hardware_entries(sw_lab: Lab) -> No
     # the data went through the software fast path, not the full slow path
     assert st["controller"]["fastpath_packets"] > 1000, st["controller"]
     assert st["controller"]["fastpath_packets"] > 10 * st["controller"]["slowpath_packets"], st["controller"]
+
+
+# ------------------------------------------------------------------------------------ conntrack -L
+
+def test_flows_all_lists_connections_like_conntrack(lab: Lab) -> None:
+    """`offloadgen flows --all` lists conntrack's connections with [HW_OFFLOAD] on the offloaded one; with
+    the kernel slow path they are the kernel's, and `conntrack -L` in the router namespace agrees."""
+    srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5002")
+    proc, sport = start_transfer(lab, B_ADDR, 4 * 1024 * 1024, 0.1)
+    try:
+        lab.ctl.wait_flow("tcp", 5002, sport=sport, what="the transfer to be offloaded")
+        out = offloadgen("flows", "--all", "--status-socket", str(lab.ctl.sock))
+        assert out.returncode == 0, out.stderr
+        [line] = [x for x in out.stdout.splitlines() if f"sport={sport} dport=5002" in x and x.startswith("ipv4")]
+        assert "ESTABLISHED" in line and "[ASSURED]" in line and "[HW_OFFLOAD]" in line, out.stdout
+        assert f"dst={WAN_ADDR} sport=5002 dport={sport}" in line, line  # the reply tuple carries the masquerade
+        if lab.slowpath == "kernel":
+            from runtime.kernel.slowpath import default_netns
+
+            ns = default_netns(lab.switch.grpc_addr, 1)
+            ct = subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-L", "-p", "tcp", "--sport", str(sport)],
+                                capture_output=True, text=True, check=True).stdout
+            [kline] = [x for x in ct.splitlines() if f"sport={sport} dport=5002" in x]
+            assert "ESTABLISHED" in kline and f"dst={WAN_ADDR} sport=5002 dport={sport}" in kline, kline
+            conns = lab.ctl.q("conntrack")
+            ids = {c["id"] for c in conns if c["original"]["sport"] == sport}
+            assert f"id={ids.pop()}" in line  # the same kernel connection (conntrack's own id)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop(srv)
+    assert proc.returncode == 0
