@@ -70,6 +70,7 @@ class KConn:
     hw_bytes: list[int] = field(default_factory=lambda: [0, 0])
     kernel_deadline: float = 0.0  # monotonic s when the kernel's timeout runs out, as last set or seen
     liberal: bool = False
+    handle: _KHandle | None = None  # the flowtable's reference of the current flow
 
     @property
     def closing(self) -> bool:
@@ -101,7 +102,7 @@ class _KHandle:
 
     def on_teardown(self) -> None:
         # Called under the flowtable's lock: the netlink request is made later, from the tick.
-        self.owner.fixups.append(self.conn)
+        self.owner.fixups.append(self)
 
 
 class KernelOffloader(Offloader):
@@ -127,7 +128,7 @@ class KernelOffloader(Offloader):
         self.conns: dict[CtTuple, KConn] = {}
         self._by_tuple: dict[CtTuple, KConn] = {}  # both directions' arriving tuples
         self._lock = threading.RLock()
-        self.fixups: collections.deque[KConn] = collections.deque()
+        self.fixups: collections.deque[_KHandle] = collections.deque()
         self._started = False
         self.kstats: collections.Counter[str] = collections.Counter()
         self.ft.listeners.append(self._flow_event)
@@ -191,7 +192,7 @@ class KernelOffloader(Offloader):
                 self.ft.teardown(flow)
             return
         if flow is not None:
-            if conn.closing:
+            if conn.closing and changed:
                 self.ft.mark_closing(flow)
             return
         if self._started and changed and k.proto in (IPPROTO_TCP, IPPROTO_UDP) and k.seen_reply and conn.established:
@@ -249,7 +250,8 @@ class KernelOffloader(Offloader):
         if dirs is None:
             return None
         o, r = dirs
-        result, flow = self.ft.offer(_KHandle(self, conn), o, r, seen_reply=True, tcp_established=conn.established,
+        handle = _KHandle(self, conn)
+        result, flow = self.ft.offer(handle, o, r, seen_reply=True, tcp_established=conn.established,
                                      fin_rst_seen=conn.closing, hw_present=hw_present)
         self.kstats[f"offer_{result.value}"] += 1
         if result in _FINAL:
@@ -259,6 +261,7 @@ class KernelOffloader(Offloader):
             return None
         with self._lock:
             conn.flow = flow
+            conn.handle = handle
             conn.iif = [o.tuple.in_port, r.tuple.in_port]
             conn.actions = [o.actions, r.actions]
         self._hold(conn, flow)
@@ -332,14 +335,13 @@ class KernelOffloader(Offloader):
     def tick(self) -> None:
         super().tick()
         while self.fixups:
-            conn = self.fixups.popleft()
-            self._fixup(conn)
+            self._fixup(self.fixups.popleft())
         now = time.monotonic()
         with self._lock:
             held = [c for c in self.conns.values() if c.flow is not None]
         for conn in held:
             flow = conn.flow
-            if flow is None:
+            if flow is None or flow.flags & FlowFlag.TEARDOWN:
                 continue
             # the flow's deadline moves with the switch's counters; the kernel's stays ahead of it
             flow_left = (flow.timeout - self.clock()) / NS
@@ -349,23 +351,26 @@ class KernelOffloader(Offloader):
                 except KernelError as exc:
                     log.warning("extending %s: %s", conn.ct.orig, exc)
 
-    def _fixup(self, conn: KConn) -> None:
-        """``flow_offload_fixup_ct``: the flow is gone; the connection gets its state's timeout back."""
+    def _fixup(self, handle: _KHandle) -> None:
+        """``flow_offload_fixup_ct``: the flow is gone; the connection's timeout comes down to its state's
+        (TCP: the current state's; UDP: the replied one, ``nf_conntrack_udp_timeout_stream``), and only
+        down -- a shorter timeout the kernel set meanwhile stays."""
+        conn = handle.conn
+        ct = self.kernel.ct
         with self._lock:
-            conn.flow = None
-        if conn.dead or self.kernel.ct is None:
-            return
+            if conn.dead or conn.handle is not handle or ct is None:
+                return  # gone, or in the flowtable again by now
         k = conn.ct
         if k.proto == IPPROTO_TCP:
             state = (k.tcp_state or TcpState.ESTABLISHED).name.lower()
             key = f"net.netfilter.nf_conntrack_tcp_timeout_{state}"
         else:
-            key = "net.netfilter.nf_conntrack_udp_timeout_stream" if k.status & IPS_ASSURED else \
-                "net.netfilter.nf_conntrack_udp_timeout"
+            key = "net.netfilter.nf_conntrack_udp_timeout_stream"
         try:
             seconds = int(self.kernel.ns.read_sysctl(key))
-            self.kernel.ct.set_timeout(k.orig, seconds)
-            self.kstats["ct_fixup"] += 1
+            if conn.kernel_deadline - time.monotonic() > seconds and ct.set_timeout(k.orig, seconds):
+                conn.kernel_deadline = time.monotonic() + seconds
+                self.kstats["ct_fixup"] += 1
         except (KernelError, OSError, ValueError) as exc:
             log.debug("fixing up %s: %s", k.orig, exc)
 

@@ -611,3 +611,32 @@ def test_flows_all_lists_connections_like_conntrack(lab: Lab) -> None:
             proc.kill()
         stop(srv)
     assert proc.returncode == 0
+
+
+def test_kernel_holds_offloaded_connections_liberally(lab: Lab) -> None:
+    """With the kernel slow path, an offloaded TCP connection is tracked liberally in both directions
+    (flow_offload_fixup_tcp) and its conntrack timeout is kept ahead of the flow's, over ctnetlink."""
+    if lab.slowpath != "kernel":
+        pytest.skip("the kernel's conntrack is only there with --slowpath kernel")
+    from runtime.conntrack import CtTuple
+    from runtime.kernel.ctnetlink import CtNetlink
+    from runtime.kernel.slowpath import default_netns
+
+    srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5002")
+    proc, sport = start_transfer(lab, B_ADDR, 4 * 1024 * 1024, 0.1)
+    ct = CtNetlink(default_netns(lab.switch.grpc_addr, 1))
+    try:
+        lab.ctl.wait_flow("tcp", 5002, sport=sport, what="the transfer to be offloaded")
+        k = ct.get(CtTuple.make("10.0.1.10", B_ADDR, "tcp", sport, 5002))
+        assert k is not None and k.liberal, k
+        # the controller set it (the kernel's own 5-day ESTABLISHED timeout is gone; packets that still pass
+        # the kernel may raise it to a state's timeout), and never below the flow's own 30 s
+        assert lab.ctl.stats()["controller"]["kernel_ct_timeout_extended"] >= 1
+        assert 30 <= k.timeout_s < 5 * 86400 - 60, k
+        proc.communicate(timeout=120)
+    finally:
+        ct.close()
+        if proc.poll() is None:
+            proc.kill()
+        stop(srv)
+    assert proc.returncode == 0
