@@ -58,7 +58,9 @@ def _open_tap(name: str) -> int:
         fcntl.ioctl(fd, TUNSETPERSIST, 1)
     except OSError as exc:
         os.close(fd)
-        raise KernelError(f"cannot create TAP {name!r}: {exc.strerror}") from None
+        hint = (" (another controller is attached to it: stop that one, or give this one another --netns)"
+                if exc.errno == errno.EBUSY else "")
+        raise KernelError(f"cannot create TAP {name!r}: {exc.strerror}{hint}") from None
     return fd
 
 

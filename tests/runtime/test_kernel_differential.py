@@ -6,7 +6,7 @@ and the same probes, once through a plain Linux router (a namespace with the hos
 `offloadgen run --slowpath kernel` (the hosts on switch ports, the kernel behind TAPs, flows offloaded to the
 switch). Every answer must be the same: pings both families, what B sees of A (the masquerade address),
 TTL on arrival at B (also for datagrams the switch forwards alone), ICMP time exceeded, fragmentation needed
-(the WAN port's MTU is 1400 here), a 4 MiB TCP transfer intact, and the conntrack state sequence of one TCP
+(the WAN port's MTU is 1400 here), a 4 MiB TCP transfer intact, a port forward from B to A, and the conntrack state sequence of one TCP
 connection as ctnetlink reports it.
 """
 
@@ -25,7 +25,7 @@ from hostapps import TCP_CLIENT, TCP_SERVER, start_server, stop, wait_for
 
 from offloadgen.netlab import Host, Netlab, sh
 from offloadgen.switchproc import SwitchProcess, SwitchSpec, free_grpc_addr
-from runtime.config import RouterConfig, load_config
+from runtime.config import RouterConfig, parse_config
 from runtime.controller import Controller
 from runtime.kernel.ctnetlink import CtNetlink, KEvent
 from runtime.kernel.netns import NetNs
@@ -38,6 +38,14 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 KINDS = ["softswitch", pytest.param("bmv2", marks=pytest.mark.bmv2)]
 B_ADDR = "192.0.2.20"
 WAN_MTU = 1400
+PORT_FORWARD = """
+[[nat.dnat]]
+in = "wan"
+proto = "tcp"
+dport = 8080
+to = "10.0.1.10"
+to_port = 80
+"""
 
 #: B: a UDP echo that reports the sender and the TTL each datagram arrived with (IP_RECVTTL).
 TTL_SERVER = r"""
@@ -86,8 +94,10 @@ c.close()
 
 
 def diff_config(router_config_path: Path) -> RouterConfig:
-    """configs/router.toml with a WAN MTU of 1400 (so A's full-size DF packets need fragmenting)."""
-    cfg = load_config(router_config_path)
+    """configs/router.toml with a port forward (WAN TCP 8080 to A's port 80) and a WAN MTU of 1400 (so A's
+    full-size DF packets need fragmenting)."""
+    text = router_config_path.read_text().replace("\n[flowtable]", PORT_FORWARD + "\n[flowtable]", 1)
+    cfg = parse_config(text, str(router_config_path))
     wan = cfg.port_names["wan"]
     ports = dict(cfg.ports)
     ports[wan] = dataclasses.replace(ports[wan], mtu=WAN_MTU)
@@ -142,6 +152,13 @@ def probe(a: Host, b: Host, netns: str) -> dict[str, Any]:
         stop(srv)
     peer, n, digest, sent = r.stdout.splitlines()[-1].split()
     out["tcp_4mib"] = (peer, int(n), digest == sent)
+    srv = start_server(a, TCP_SERVER, "0.0.0.0", "80")
+    try:
+        r = b.run(sys.executable, "-c", TCP_CLIENT, "192.0.2.1", "8080", str(1024 * 1024), "0.02", timeout=120)
+    finally:
+        stop(srv)
+    peer, n, digest, sent = r.stdout.splitlines()[-1].split()
+    out["port_forward"] = (peer, int(n), digest == sent)
     ct = CtNetlink(netns)
     try:
         ct.read_events()
@@ -213,9 +230,10 @@ def test_kernel_slow_path_answers_like_a_linux_router(plain_answers: dict[str, A
     assert plain_answers["ttl_exceeded"] == [("10.0.1.1", "Time to live exceeded")], plain_answers
     assert plain_answers["frag_needed"] == [("10.0.1.1", str(WAN_MTU))], plain_answers
     assert plain_answers["tcp_4mib"] == ("192.0.2.1", 4 * 1024 * 1024, True), plain_answers
+    assert plain_answers["port_forward"] == (B_ADDR, 1024 * 1024, True), plain_answers
     assert plain_answers["tcp_states"][:3] == ["SYN_SENT", "SYN_RECV", "ESTABLISHED"], plain_answers
     for key, want in plain_answers.items():
         assert answers[key] == want, f"{key}: offloadgen (kernel slow path) {answers[key]!r}, Linux {want!r}"
     # and the switch did forward on its own: the TCP and UDP connections were offloaded
     counters = ctl.offloader.ft.counters
-    assert counters.hw_add_ok >= 2 and ctl.offloader.hw_packets > 1000, ctl.offloader.stats()
+    assert counters.hw_add_ok >= 3 and ctl.offloader.hw_packets > 1000, ctl.offloader.stats()
