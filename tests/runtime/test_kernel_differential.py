@@ -177,6 +177,15 @@ def plain_router(net: Netlab, a: Host, b: Host, config: RouterConfig) -> NetNs:
     """A Linux router namespace with A's and B's veths as its `lan1` and `wan`, configured like offloadgen's
     router namespace: the config's MACs, MTUs and addresses, forwarding on, the same nftables ruleset."""
     ns = NetNs(f"ogr{secrets.token_hex(3)}").ensure()
+    try:
+        _configure_router(ns, a, b, config)
+    except BaseException:
+        ns.delete()
+        raise
+    return ns
+
+
+def _configure_router(ns: NetNs, a: Host, b: Host, config: RouterConfig) -> None:
     for host, name in ((a, "lan1"), (b, "wan")):
         port = config.ports[config.port_names[name]]
         sh("ip", "link", "set", host.switch_iface, "netns", ns.name)
@@ -190,7 +199,6 @@ def plain_router(net: Netlab, a: Host, b: Host, config: RouterConfig) -> NetNs:
         ns.sysctl(key, 1)
     ns.ip("link", "set", "lo", "up")
     load_ruleset(ns, config)
-    return ns
 
 
 @pytest.fixture(scope="module")
