@@ -426,8 +426,9 @@ class KernelOffloader(Offloader):
                     conn.flow = None
 
     def snapshot(self) -> list[CtRecord]:
-        """The kernel's conntrack table (``conntrack -L``) with ``[OFFLOAD]``/``[HW_OFFLOAD]`` from the
-        flowtable and the switch's packet/byte counts added to the kernel's (``nf_ct_acct_add``)."""
+        """The kernel's conntrack table (``conntrack -L``, its counters as they are) with
+        ``[OFFLOAD]``/``[HW_OFFLOAD]`` from the flowtable and the switch's packet/byte counts beside the
+        kernel's (this kernel's ctnetlink cannot add them, as ``nf_ct_acct_add`` would)."""
         out = []
         for k in self.kernel.dump():
             with self._lock:
@@ -453,8 +454,8 @@ class KernelOffloader(Offloader):
                          for a in (conn.actions if conn is not None else [None, None]))
             proto = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}.get(k.proto, str(k.proto))
             out.append(CtRecord(k.id, proto, k.proto, k.orig.family, k.state_name(), float(k.timeout_s), k.orig,
-                                k.reply, tuple(flags), (k.packets[0] + hp[0], k.packets[1] + hp[1]),
-                                (k.bytes[0] + hb[0], k.bytes[1] + hb[1]), iif, (acts[0], acts[1])))
+                                k.reply, tuple(flags), k.packets, k.bytes, iif, (acts[0], acts[1]),
+                                (hp[0], hp[1]), (hb[0], hb[1])))
         return out
 
     def conntrack_stats(self) -> dict[str, int]:

@@ -597,6 +597,14 @@ def test_flows_all_lists_connections_like_conntrack(lab: Lab) -> None:
         if lab.slowpath == "kernel":
             from runtime.kernel.slowpath import default_netns
 
+            # the switch's counts beside the kernel's, which saw only what was punted
+            hw = wait_for(lambda: (r := [c for c in lab.ctl.q("conntrack") if c["original"]["sport"] == sport])
+                          and r[0]["hw_packets"][0] > 100 and r[0], 10, "the switch's counts in conntrack's listing")
+            assert hw["packets"][0] < hw["hw_packets"][0], hw
+            line = next(x for x in offloadgen("flows", "--all", "--status-socket", str(lab.ctl.sock)).stdout.splitlines()
+                        if f"sport={sport} dport=5002" in x and x.startswith("ipv4"))
+            assert "hw_packets=" in line, line
+
             ns = default_netns(lab.switch.grpc_addr, 1)
             ct = subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-L", "-p", "tcp", "--sport", str(sport)],
                                 capture_output=True, text=True, check=True).stdout
