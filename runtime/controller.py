@@ -87,8 +87,17 @@ class Controller:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, connect_timeout: float = 10.0) -> Controller:
-        if self.kernel is not None:
-            self.kernel.open()
+        if self.kernel is None:
+            return self._start(connect_timeout)
+        self.kernel.open()
+        try:
+            return self._start(connect_timeout)
+        except BaseException:
+            # not started: no TAPs or namespace left behind (unless kept for a successor to adopt)
+            self.kernel.close(keep=not self.flush_on_stop)
+            raise
+
+    def _start(self, connect_timeout: float) -> Controller:
         self.client.connect(connect_timeout)
         pushed = self.client.set_pipeline(self.pipeline)
         log.info("connected to %s; pipeline %s", self.client.address, "pushed" if pushed else "already there")

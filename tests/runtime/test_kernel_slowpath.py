@@ -133,3 +133,18 @@ to = "10.0.1.10"
     assert 'oifname "wan" ip saddr { 10.0.1.0/24 } meta l4proto { tcp, udp } snat ip to 192.0.2.9:2000-2999' in text
     assert 'oifname "wan" meta nfproto ipv4 masquerade' in text and 'oifname "wan" meta nfproto ipv6 masquerade' in text
     assert "meta nfproto ipv4 fib daddr type local udp dport 53 dnat ip to 10.0.1.10" in text
+
+
+def test_no_switch_leaves_no_namespace_behind(router_config_path: Path, build_dir: Path, tmp_path: Path) -> None:
+    """The kernel side comes up first; when the switch then cannot be reached, it is taken down again."""
+    from offloadgen.switchproc import free_grpc_addr
+    from runtime.kernel.netns import netns_exists
+    from runtime.kernel.slowpath import default_netns
+
+    addr = free_grpc_addr()  # nothing listens there
+    out = subprocess.run([sys.executable, "-m", "offloadgen.cli", "run", "--config", str(router_config_path),
+                          "--build", str(build_dir), "--status-socket", str(tmp_path / "s.sock"), "--switch", addr,
+                          "--connect-timeout", "1", "--slowpath", "kernel"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode != 0
+    assert not netns_exists(default_netns(addr, 1)), "the router namespace was left behind"
