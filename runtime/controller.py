@@ -7,6 +7,10 @@ tick every second (conntrack GC, flowtable GC, neighbour probes). The offload en
 from its own thread. Other threads read state through snapshots (conntrack and the flowtable have locks).
 On reconnection (the switch restarted) the worker re-pushes the pipeline -- skipped when the cookie
 matches -- and reconciles the flow tables (re-installing what a restarted switch lost).
+
+With ``kernel`` options the slow path is the Linux kernel (:mod:`runtime.kernel`): punted packets go to its
+TAPs, a TAP thread sends what the kernel transmits, and a ctnetlink thread feeds the kernel's connections
+to the flowtable.
 """
 
 from __future__ import annotations
