@@ -40,6 +40,8 @@ def main() -> int:
     ap.add_argument("--profile", default=None, help="target profile: TOML file or shipped name (default: default)")
     ap.add_argument("--config", default=str(REPO / "configs" / "router.toml"), help="router config (TOML)")
     ap.add_argument("--hosts", type=int, default=3, help="LAN hosts, one per LAN port (default 3)")
+    ap.add_argument("--slowpath", choices=("offloadgen", "kernel"), default="offloadgen",
+                    help="the controller's slow path: offloadgen's model (default) or the Linux kernel")
     ap.add_argument("--cli", action="store_true", help="drop into Mininet's CLI instead of waiting for Ctrl-C")
     ap.add_argument("--bmv2", default=None, help="simple_switch_grpc to use (default: the one on PATH)")
     ap.add_argument("--grpc-addr", default=None, help="switch P4Runtime address (default: a free loopback port)")
@@ -67,7 +69,8 @@ def main() -> int:
         stop.set()
 
     bed = Testbed(config, Path(args.config), out / "build", args.switch, profile.cpu_port, args.hosts, out,
-                  sock_dir / "ctl.sock", bmv2=args.bmv2, grpc_addr=args.grpc_addr, tls=args.tls)
+                 sock_dir / "ctl.sock", bmv2=args.bmv2, grpc_addr=args.grpc_addr, tls=args.tls,
+                 slowpath=args.slowpath)
     try:
         with bed:
             bed.start_network()

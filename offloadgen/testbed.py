@@ -151,12 +151,12 @@ def plan_hosts(config: RouterConfig, lan_hosts: int) -> list[HostPlan]:
 
 
 def controller_argv(config_path: Path, grpc_addr: str, build_dir: Path, kind: SwitchKind,
-                    status_socket: Path, pki: TestPki | None = None) -> list[str]:
+                    status_socket: Path, pki: TestPki | None = None, slowpath: str = "offloadgen") -> list[str]:
     """`offloadgen -v run ...` with this interpreter, so the controller is the same install as the caller;
     with ``pki``, over mutual TLS with its CA and client certificate."""
     argv = [sys.executable, "-m", "offloadgen.cli", "-v", "run", "--config", str(config_path),
             "--switch", grpc_addr, "--build", str(build_dir), "--target", kind,
-            "--status-socket", str(status_socket)]
+            "--status-socket", str(status_socket), "--slowpath", slowpath]
     if pki is not None:
         argv += ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
     return argv
@@ -172,8 +172,9 @@ class Testbed:
     def __init__(self, config: RouterConfig, config_path: Path, build_dir: Path, kind: SwitchKind,
                  cpu_port: int, lan_hosts: int, log_dir: Path, status_socket: Path,
                  bmv2: str | None = None, grpc_addr: str | None = None, switch_name: str = "s1",
-                 switch_log_level: str | None = None, tls: bool = False) -> None:
+                 switch_log_level: str | None = None, tls: bool = False, slowpath: str = "offloadgen") -> None:
         self.config = config
+        self.slowpath = slowpath
         self.config_path = config_path.resolve()
         self.build_dir = build_dir.resolve()
         self.kind: SwitchKind = kind
@@ -262,7 +263,7 @@ class Testbed:
     def start_controller(self, timeout: float = 30.0) -> None:
         """Start `offloadgen run` and return once its status socket answers (polled, no fixed sleep)."""
         argv = controller_argv(self.config_path, self.grpc_addr, self.build_dir, self.kind, self.status_socket,
-                               self.pki)
+                               self.pki, self.slowpath)
         with open(self.controller_log, "ab") as log:
             self.controller = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                start_new_session=True, cwd=REPO)

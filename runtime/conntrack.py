@@ -279,6 +279,10 @@ class CtRecord:
     bytes: tuple[int, int]
     iif: tuple[int | None, int | None]
     actions: tuple[str | None, str | None]
+    # What the switch forwarded, when it is counted apart from conntrack's own counters (the kernel slow
+    # path: the kernel's counters are what `conntrack -L` shows; the switch's go beside them)
+    hw_packets: tuple[int, int] = (0, 0)
+    hw_bytes: tuple[int, int] = (0, 0)
 
     def to_dict(self) -> dict[str, object]:
         def tup(t: CtTuple) -> dict[str, object]:
@@ -287,7 +291,8 @@ class CtRecord:
         return {"id": self.id, "proto": self.proto, "protonum": self.protonum, "family": self.family,
                 "state": self.state, "timeout": round(self.timeout_s, 1), "original": tup(self.original),
                 "reply": tup(self.reply), "status": list(self.status), "packets": list(self.packets),
-                "bytes": list(self.bytes), "iif": list(self.iif), "actions": list(self.actions)}
+                "bytes": list(self.bytes), "iif": list(self.iif), "actions": list(self.actions),
+                "hw_packets": list(self.hw_packets), "hw_bytes": list(self.hw_bytes)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CtRecord:
@@ -295,9 +300,10 @@ class CtRecord:
         def tup(t: Mapping[str, Any]) -> CtTuple:
             return CtTuple.make(t["src"], t["dst"], int(d["protonum"]), int(t["sport"]), int(t["dport"]))
         p, b, i, a = d["packets"], d["bytes"], d["iif"], d["actions"]
+        hp, hb = d.get("hw_packets", (0, 0)), d.get("hw_bytes", (0, 0))
         return cls(int(d["id"]), str(d["proto"]), int(d["protonum"]), int(d["family"]), str(d["state"]),
                    float(d["timeout"]), tup(d["original"]), tup(d["reply"]), tuple(d["status"]), (p[0], p[1]),
-                   (b[0], b[1]), (i[0], i[1]), (a[0], a[1]))
+                   (b[0], b[1]), (i[0], i[1]), (a[0], a[1]), (hp[0], hp[1]), (hb[0], hb[1]))
 
 
 Listener = Callable[[CtEvent, Conn], None]
@@ -664,6 +670,9 @@ def format_conntrack(records: Iterable[CtRecord]) -> str:
         state = f"{r.state} " if r.protonum == IPPROTO_TCP else ""
         orig = f"{r.original} packets={r.packets[0]} bytes={r.bytes[0]}"
         reply = f"{r.reply} packets={r.packets[1]} bytes={r.bytes[1]}"
+        if any(r.hw_packets):
+            orig += f" hw_packets={r.hw_packets[0]} hw_bytes={r.hw_bytes[0]}"
+            reply += f" hw_packets={r.hw_packets[1]} hw_bytes={r.hw_bytes[1]}"
         marks = " ".join(f"[{f}]" for f in r.status if f not in ("SRC_NAT", "DST_NAT", "UNREPLIED"))
         unrep = " [UNREPLIED]" if "UNREPLIED" in r.status else ""
         lines.append(f"{fam:<5} {r.proto:<6} {r.protonum} {int(r.timeout_s)} {state}{orig}{unrep} {reply}"

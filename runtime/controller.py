@@ -16,6 +16,10 @@ then makes it primary again (PI and softswitch promote the next highest live cli
 and the controller re-checks the pipeline and reconciles the flow tables as at start, since the other
 primary may have changed them. While backup no packet-ins arrive (the switch sends them to the primary
 only) and packet-outs would be dropped, so the slow path forwards nothing: the primary handles traffic.
+
+With ``kernel`` options the slow path is the Linux kernel (:mod:`runtime.kernel`): punted packets go to its
+TAPs, a TAP thread sends what the kernel transmits, and a ctnetlink thread feeds the kernel's connections
+to the flowtable.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from .config import RouterConfig
 from .conntrack import Conn, Conntrack, CtEvent, CtRecord, Timeouts
 from .entities import IdleTimeout, PacketIn
 from .errors import P4RuntimeError
+from .kernel.offload import KernelOffloader
+from .kernel.slowpath import KernelOptions, KernelSlowPath, default_netns
 from .offloader import Offloader
 from .pipeline import Pipeline
 from .slowpath import SlowPath
@@ -75,7 +81,8 @@ class Controller:
     def __init__(self, config: RouterConfig, pipeline: Pipeline, address: str, *, device_id: int = 1,
                  election_id: ElectionId = (0, 1), clock: Callable[[], int] = time.monotonic_ns,
                  timeouts: Timeouts | None = None, tcp_loose: bool = True, queue_size: int = 65536,
-                 flush_on_stop: bool = True, connect_timeout: float = 10.0, tls: TlsConfig | None = None) -> None:
+                 flush_on_stop: bool = True, connect_timeout: float = 10.0, tls: TlsConfig | None = None,
+                 kernel: KernelOptions | None = None) -> None:
         self.config = config
         self.connect_timeout = connect_timeout
         self.pipeline = pipeline
@@ -85,10 +92,19 @@ class Controller:
                                                            self._on_connected, self._on_disconnected), tls=tls)
         self.mastership = Mastership(since=time.time(), primary_election_id=election_id)
         self.conntrack = Conntrack(clock, timeouts=timeouts, tcp_loose=tcp_loose)
-        self.slowpath = SlowPath(config, clock=clock, emit=self._emit, conntrack=self.conntrack)
         self.conntrack.subscribe(self._log_event)
-        self.offloader = Offloader(config, pipeline, self.conntrack, self.slowpath, self.client, self._emit, clock,
-                                   post=lambda fn: self._put(_Event("call", fn)))
+        # The slow path: offloadgen's model of the forward path, or the Linux kernel (--slowpath kernel)
+        self.kernel: KernelSlowPath | None = None
+        self.slowpath: SlowPath | KernelSlowPath
+        if kernel is None:
+            sp = SlowPath(config, clock=clock, emit=self._emit, conntrack=self.conntrack)
+            self.slowpath = sp
+            self.offloader: Offloader = Offloader(config, pipeline, self.conntrack, sp, self.client, self._emit, clock,
+                                                  post=lambda fn: self._put(_Event("call", fn)))
+        else:
+            self.kernel = KernelSlowPath(config, kernel, self._emit, default_name=default_netns(address, device_id))
+            self.slowpath = self.kernel
+            self.offloader = KernelOffloader(config, pipeline, self.kernel, self.client, self._emit, clock)
         self.flush_on_stop = flush_on_stop
         try:
             self.punt_reasons = pipeline.p4info.serializable_enum(PUNT_ENUM)
@@ -107,11 +123,25 @@ class Controller:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, connect_timeout: float | None = None) -> Controller:
-        self.client.connect(self.connect_timeout if connect_timeout is None else connect_timeout)
+        timeout = self.connect_timeout if connect_timeout is None else connect_timeout
+        if self.kernel is None:
+            return self._start(timeout)
+        self.kernel.open()
+        try:
+            return self._start(timeout)
+        except BaseException:
+            # not started: no TAPs or namespace left behind (unless kept for a successor to adopt)
+            self.kernel.close(keep=not self.flush_on_stop)
+            raise
+
+    def _start(self, connect_timeout: float) -> Controller:
+        self.client.connect(connect_timeout)
         pushed = self.client.set_pipeline(self.pipeline)
         log.info("connected to %s; pipeline %s", self.client.address, "pushed" if pushed else "already there")
         self._start_connects = self.client.connect_count
         self.offloader.start()
+        if self.kernel is not None:
+            self.kernel.start()
         self._stop.clear()
         self._worker = threading.Thread(target=self._run, name="controller", daemon=True)
         self._worker.start()
@@ -129,6 +159,8 @@ class Controller:
         except Exception:
             log.exception("stopping the flowtable failed")
         self.client.close()
+        if self.kernel is not None:
+            self.kernel.close(keep=not self.flush_on_stop)
         log.info("controller stopped")
 
     def wait(self, stop: threading.Event | None = None) -> None:
@@ -165,12 +197,16 @@ class Controller:
     # ------------------------------------------------------------------ observing
 
     def snapshot(self) -> list[CtRecord]:
+        if isinstance(self.offloader, KernelOffloader):
+            return self.offloader.snapshot()
         return self.conntrack.snapshot()
 
     def stats(self) -> dict[str, int]:
         out = dict(self.slowpath.stats)
         out.update({f"conntrack_{k}": v for k, v in self.conntrack.stats.items()})
         out["conntrack_entries"] = len(self.conntrack)
+        if isinstance(self.offloader, KernelOffloader):
+            out.update(self.offloader.conntrack_stats())
         out["packet_in"] = self.client.packets_in
         out["packet_out"] = self.client.packets_out
         out["queue_dropped"] = self.dropped_events

@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-debs=(mininet iputils-ping ethtool iproute2 tcpdump openssl python3-venv python3-dev gcc)
+debs=(mininet iputils-ping ethtool iproute2 tcpdump openssl python3-venv python3-dev gcc conntrack nftables)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

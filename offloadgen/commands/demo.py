@@ -41,6 +41,9 @@ def register(sub: Any) -> None:
                         "--grpc-server-ssl and client authentication, the controller with --tls-ca/--tls-cert/--tls-key")
     p.add_argument("--bmv2", default=None, help="simple_switch_grpc to use (default: the one on PATH)")
     p.add_argument("--p4c", default=None, help="p4c-bm2-ss to use (default: the one on PATH)")
+    p.add_argument("--slowpath", choices=("offloadgen", "kernel"), default="offloadgen",
+                   help="what forwards the punted packets: offloadgen's model (default) or the Linux kernel in a "
+                        "router namespace")
     p.set_defaults(func=run)
 
 
@@ -72,4 +75,4 @@ def run(args: argparse.Namespace) -> int:
 
     return run_demo(Options(switch=args.switch, profile=args.profile, config=config.resolve(),
                             out=Path(args.out).resolve(), hosts=args.hosts, duration=duration, bmv2=args.bmv2,
-                            p4c=args.p4c, tls=args.tls))
+                            p4c=args.p4c, tls=args.tls, slowpath=args.slowpath))

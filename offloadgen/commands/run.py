@@ -18,6 +18,8 @@ from typing import Any
 from runtime.config import load_config
 from runtime.conntrack import format_conntrack
 from runtime.controller import Controller
+from runtime.errors import ConfigError
+from runtime.kernel.slowpath import KernelOptions
 from runtime.pipeline import TARGETS, load_build
 from runtime.status import DEFAULT_SOCKET, StatusServer
 from runtime.tls import TlsConfig
@@ -50,6 +52,14 @@ def register(sub: Any) -> None:
     p.add_argument("--keep-entries", action="store_true",
                    help="leave offloaded flows on the switch at exit (a restarted controller adopts them); "
                         "by default a clean exit deletes them")
+    p.add_argument("--slowpath", choices=("offloadgen", "kernel"), default="offloadgen",
+                   help="what forwards the packets the switch punts: offloadgen's model of Linux's forward path "
+                        "(default), or the Linux kernel itself in a router namespace (ports as TAPs, nftables, "
+                        "conntrack over ctnetlink)")
+    p.add_argument("--netns", default=None,
+                   help="kernel slow path: the router namespace to use (default: offloadgen makes one per switch)")
+    p.add_argument("--nft-ruleset", default=None,
+                   help="kernel slow path: load this nftables file instead of the ruleset made from the config's [nat]")
     p.set_defaults(func=run)
 
 
@@ -63,9 +73,20 @@ def tls_config(args: argparse.Namespace) -> TlsConfig | None:
     return tls
 
 
+def kernel_options(args: argparse.Namespace) -> KernelOptions | None:
+    """The kernel slow path's options, or None for offloadgen's own; --netns/--nft-ruleset need it."""
+    if getattr(args, "slowpath", "offloadgen") != "kernel":
+        for opt in ("netns", "nft_ruleset"):
+            if getattr(args, opt, None) is not None:
+                raise ConfigError(f"--{opt.replace('_', '-')} belongs to the kernel slow path: add --slowpath kernel")
+        return None
+    return KernelOptions(netns=args.netns, nft_ruleset=args.nft_ruleset)
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     tls = tls_config(args)
+    kernel = kernel_options(args)
     pipeline = load_build(Path(args.build), args.target)
     stop = threading.Event()
 
@@ -81,12 +102,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         ctl = Controller(config, pipeline, args.switch, device_id=args.device_id,
                          election_id=(0, args.election_id), flush_on_stop=not args.keep_entries,
-                         connect_timeout=args.connect_timeout, tls=tls)
+                         connect_timeout=args.connect_timeout, tls=tls, kernel=kernel)
         status = StatusServer(args.status_socket)
         for name, handler in ctl.status_handlers().items():
             status.register(name, handler)
         with status, ctl:
-            log.info("running: %d ports, %d routes; Ctrl-C to stop", len(config.ports), len(ctl.slowpath.routes.routes()))
+            log.info("running: %d ports, %d static routes, slow path %s; Ctrl-C to stop", len(config.ports),
+                     len(config.routes), "kernel (namespace " + ctl.kernel.ns.name + ")" if ctl.kernel else "offloadgen")
             ctl.wait(stop)
             table = format_conntrack(ctl.snapshot())
             if table:

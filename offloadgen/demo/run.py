@@ -46,6 +46,7 @@ class Options:
     bmv2: str | None = None
     p4c: str | None = None
     tls: bool = False  # the switch serves mutual TLS; the controller uses a throwaway CA's certificates
+    slowpath: str = "offloadgen"
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
@@ -68,7 +69,7 @@ def run_demo(opts: Options) -> int:
     sock_dir = Path(tempfile.mkdtemp(prefix="ogdemo-"))  # short: a Unix socket path is at most 107 bytes
     programs = Programs()
     bed = Testbed(config, opts.config, opts.out / "build", opts.switch, profile.cpu_port, opts.hosts, opts.out,
-                  sock_dir / "ctl.sock", bmv2=opts.bmv2, tls=opts.tls)
+                  sock_dir / "ctl.sock", bmv2=opts.bmv2, tls=opts.tls, slowpath=opts.slowpath)
     old_term = signal.signal(signal.SIGTERM, _sigterm)
     try:
         bed.start_network()
@@ -176,7 +177,7 @@ def _run_traffic(opts: Options, bed: Testbed, programs: Programs) -> int:
                             "offloaded_and_udp": [sched.offload_start, sched.offload_len],
                             "udp_pps": sched.udp_pps, "ping_interval_s": sched.ping_interval}}
     switch_log = bed.switch_process.log_path if bed.switch_process else None
-    meta = {"switch": opts.switch, "profile": profile_name(opts), "config": str(opts.config),
+    meta = {"switch": opts.switch, "slowpath": opts.slowpath, "profile": profile_name(opts), "config": str(opts.config),
             "duration_s": opts.duration, "sample_interval_s": SAMPLE_INTERVAL, "grpc_addr": bed.grpc_addr,
             "hosts": [vars(p) for p in bed.plans], "controller_log": str(bed.controller_log),
             "switch_log": str(switch_log) if switch_log else None}

@@ -34,7 +34,11 @@ from offloadgen.switchproc import SwitchProcess, SwitchSpec, free_grpc_addr, fre
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-KINDS = ["softswitch", pytest.param("bmv2", marks=pytest.mark.bmv2)]
+SLOWPATHS = ["offloadgen", "kernel"]
+#: Every switch with every slow path: offloadgen's model of the forward path, and the Linux kernel in a
+#: router namespace (`--slowpath kernel`); the same behaviour is expected of both.
+LABS = [pytest.param((kind, sp), id=f"{kind}-{sp}", marks=[pytest.mark.bmv2] if kind == "bmv2" else [])
+        for kind in ("softswitch", "bmv2") for sp in SLOWPATHS]
 WAN_ADDR = "192.0.2.1"
 B_ADDR = "192.0.2.20"
 UDP_TIMEOUT = 3
@@ -153,6 +157,7 @@ class Controller:
 @dataclass
 class Lab:
     kind: str
+    slowpath: str
     a: Host
     b: Host
     c: Host
@@ -167,7 +172,7 @@ class Lab:
 
 
 @contextlib.contextmanager
-def run_lab(kind: str, build_dir: Path, config: Path, tmp: Path) -> Iterator[Lab]:
+def run_lab(kind: str, build_dir: Path, config: Path, tmp: Path, slowpath: str = "offloadgen") -> Iterator[Lab]:
     """Hosts A (lan1), C (lan2) and B (wan), a switch, and `offloadgen run` against it."""
     with Netlab() as net:
         a = net.add_host("a", mac="02:00:00:00:00:10", ipv4="10.0.1.10/24", gw4="10.0.1.1",
@@ -182,8 +187,8 @@ def run_lab(kind: str, build_dir: Path, config: Path, tmp: Path) -> Iterator[Lab
         sock = tmp / "ctl.sock"
         ctl = Controller([sys.executable, "-m", "offloadgen.cli", "-v", "run", "--config", str(config),
                           "--switch", spec.grpc_addr, "--build", str(build_dir), "--target", kind,
-                          "--status-socket", str(sock)], sock, tmp / "controller.log")
-        lab = Lab(kind, a, b, c, sw, ctl, tmp)
+                          "--status-socket", str(sock), "--slowpath", slowpath], sock, tmp / "controller.log")
+        lab = Lab(kind, slowpath, a, b, c, sw, ctl, tmp)
         try:
             ctl.start()
             yield lab
@@ -193,11 +198,12 @@ def run_lab(kind: str, build_dir: Path, config: Path, tmp: Path) -> Iterator[Lab
             print((tmp / "controller.log").read_text()[-4000:])
 
 
-@pytest.fixture(scope="module", params=KINDS)
+@pytest.fixture(scope="module", params=LABS)
 def lab(request: pytest.FixtureRequest, build_dir: Path, router_config_path: Path,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    tmp = tmp_path_factory.mktemp(f"ft-{request.param}")
-    with run_lab(request.param, build_dir, make_config(router_config_path, tmp), tmp) as lab:
+    kind, slowpath = request.param
+    tmp = tmp_path_factory.mktemp(f"ft-{kind}-{slowpath}")
+    with run_lab(kind, build_dir, make_config(router_config_path, tmp), tmp, slowpath) as lab:
         yield lab
 
 
@@ -616,17 +622,17 @@ def test_entries_command(lab: Lab) -> None:
 
 # ------------------------------------------------------------------------------------------ table full
 
-@pytest.fixture(scope="module", params=KINDS)
+@pytest.fixture(scope="module", params=LABS)
 def small_lab(request: pytest.FixtureRequest, router_config_path: Path,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A profile whose IPv4 flow table holds 8 entries: four connections (two directions each)."""
-    kind = request.param
-    tmp = tmp_path_factory.mktemp(f"small-{kind}")
+    kind, slowpath = request.param
+    tmp = tmp_path_factory.mktemp(f"small-{kind}-{slowpath}")
     text = shipped_profile("default").read_text().replace("ipv4 = 65536", "ipv4 = 8")
     assert "ipv4 = 8" in text
     (tmp / "small.toml").write_text(text.replace('name = "default"', 'name = "small"'))
     build(load_profile(tmp / "small.toml"), tmp / "build", use_p4c=shutil.which("p4c-bm2-ss") is not None)
-    with run_lab(kind, tmp / "build", make_config(router_config_path, tmp), tmp) as lab:
+    with run_lab(kind, tmp / "build", make_config(router_config_path, tmp), tmp, slowpath) as lab:
         yield lab
 
 
@@ -650,7 +656,10 @@ def test_fifth_connection_stays_on_the_software_path_when_the_table_is_full(smal
         stdout, _ = fifth.communicate(timeout=30)
         assert "timeout" not in stdout, "the fifth connection must keep working on the software path"
         st = lab.ctl.stats()
-        assert st["controller"]["fastpath_packets"] >= 10, "its packets go through the software fast path"
+        if lab.slowpath == "kernel":  # no nf_flow_table in this kernel: the kernel forwards it itself
+            assert st["controller"]["to_kernel"] >= 10, "its packets go through the kernel"
+        else:
+            assert st["controller"]["fastpath_packets"] >= 10, "its packets go through the software fast path"
         assert st["flowtable"]["occupancy"]["flow_v4"][0] == 8
         assert len(lab.ctl.entries()) == 8
     finally:
@@ -679,7 +688,8 @@ def shell_bytes(value: int) -> str:
 
 def test_p4runtime_shell_as_backup_reads_live_offloaded_flows(lab: Lab) -> None:
     srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5002")
-    proc, sport = start_transfer(lab, B_ADDR, 4 * 1024 * 1024, 0.02)
+    # paced to last well beyond the shell's start-up, so the flow is still on the switch when it reads
+    proc, sport = start_transfer(lab, B_ADDR, 4 * 1024 * 1024, 0.1)
     try:
         flow = lab.ctl.wait_flow("tcp", 5002, sport=sport, what="the transfer to be offloaded")
         wait_for(lambda: sum(e["packets"] or 0 for e in entries_of(lab, flow["id"])) > 0, 5,
@@ -710,12 +720,13 @@ def test_p4runtime_shell_as_backup_reads_live_offloaded_flows(lab: Lab) -> None:
 
 # ------------------------------------------------------------------------------------ software only
 
-@pytest.fixture(scope="module", params=KINDS)
+@pytest.fixture(scope="module", params=LABS)
 def sw_lab(request: pytest.FixtureRequest, build_dir: Path, router_config_path: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """`hw_offload = false`: a flowtable without `flags offload`."""
-    tmp = tmp_path_factory.mktemp(f"swonly-{request.param}")
-    with run_lab(request.param, build_dir, make_config(router_config_path, tmp, hw_offload=False), tmp) as lab:
+    kind, slowpath = request.param
+    tmp = tmp_path_factory.mktemp(f"swonly-{kind}-{slowpath}")
+    with run_lab(kind, build_dir, make_config(router_config_path, tmp, hw_offload=False), tmp, slowpath) as lab:
         yield lab
 
 
@@ -735,6 +746,80 @@ def test_software_flowtable_forwards_without_hardware_entries(sw_lab: Lab) -> No
     assert lab.ctl.entries() == [], "software-only mode must not write the switch"
     st = lab.ctl.stats()
     assert st["flowtable"]["hw_enabled"] is False
+    if lab.slowpath == "kernel":
+        # this kernel has no nf_flow_table: every packet of the flow went through it
+        assert st["controller"]["to_kernel"] > 1000, st["controller"]
+        return
     # the data went through the software fast path, not the full slow path
     assert st["controller"]["fastpath_packets"] > 1000, st["controller"]
     assert st["controller"]["fastpath_packets"] > 10 * st["controller"]["slowpath_packets"], st["controller"]
+
+
+# ------------------------------------------------------------------------------------ conntrack -L
+
+def test_flows_all_lists_connections_like_conntrack(lab: Lab) -> None:
+    """`offloadgen flows --all` lists conntrack's connections with [HW_OFFLOAD] on the offloaded one; with
+    the kernel slow path they are the kernel's, and `conntrack -L` in the router namespace agrees."""
+    srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5002")
+    proc, sport = start_transfer(lab, B_ADDR, 4 * 1024 * 1024, 0.1)
+    try:
+        lab.ctl.wait_flow("tcp", 5002, sport=sport, what="the transfer to be offloaded")
+        out = offloadgen("flows", "--all", "--status-socket", str(lab.ctl.sock))
+        assert out.returncode == 0, out.stderr
+        [line] = [x for x in out.stdout.splitlines() if f"sport={sport} dport=5002" in x and x.startswith("ipv4")]
+        assert "ESTABLISHED" in line and "[ASSURED]" in line and "[HW_OFFLOAD]" in line, out.stdout
+        assert f"dst={WAN_ADDR} sport=5002 dport={sport}" in line, line  # the reply tuple carries the masquerade
+        if lab.slowpath == "kernel":
+            from runtime.kernel.slowpath import default_netns
+
+            # the switch's counts beside the kernel's, which saw only what was punted
+            hw = wait_for(lambda: (r := [c for c in lab.ctl.q("conntrack") if c["original"]["sport"] == sport])
+                          and r[0]["hw_packets"][0] > 100 and r[0], 10, "the switch's counts in conntrack's listing")
+            assert hw["packets"][0] < hw["hw_packets"][0], hw
+            line = next(x for x in offloadgen("flows", "--all", "--status-socket", str(lab.ctl.sock)).stdout.splitlines()
+                        if f"sport={sport} dport=5002" in x and x.startswith("ipv4"))
+            assert "hw_packets=" in line, line
+
+            ns = default_netns(lab.switch.grpc_addr, 1)
+            ct = subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-L", "-p", "tcp", "--sport", str(sport)],
+                                capture_output=True, text=True, check=True).stdout
+            [kline] = [x for x in ct.splitlines() if f"sport={sport} dport=5002" in x]
+            assert "ESTABLISHED" in kline and f"dst={WAN_ADDR} sport=5002 dport={sport}" in kline, kline
+            conns = lab.ctl.q("conntrack")
+            ids = {c["id"] for c in conns if c["original"]["sport"] == sport}
+            assert f"id={ids.pop()}" in line  # the same kernel connection (conntrack's own id)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop(srv)
+    assert proc.returncode == 0
+
+
+def test_kernel_holds_offloaded_connections_liberally(lab: Lab) -> None:
+    """With the kernel slow path, an offloaded TCP connection is tracked liberally in both directions
+    (flow_offload_fixup_tcp) and its conntrack timeout is kept ahead of the flow's, over ctnetlink."""
+    if lab.slowpath != "kernel":
+        pytest.skip("the kernel's conntrack is only there with --slowpath kernel")
+    from runtime.conntrack import CtTuple
+    from runtime.kernel.ctnetlink import CtNetlink
+    from runtime.kernel.slowpath import default_netns
+
+    srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", "5002")
+    proc, sport = start_transfer(lab, B_ADDR, 4 * 1024 * 1024, 0.1)
+    ct = CtNetlink(default_netns(lab.switch.grpc_addr, 1))
+    try:
+        lab.ctl.wait_flow("tcp", 5002, sport=sport, what="the transfer to be offloaded")
+        k = ct.get(CtTuple.make("10.0.1.10", B_ADDR, "tcp", sport, 5002))
+        assert k is not None and k.liberal, k
+        # the controller set it (the kernel's own 5-day ESTABLISHED timeout is gone; packets that still pass
+        # the kernel may raise it to a state's timeout), and never below the flow's own 30 s
+        assert lab.ctl.stats()["controller"]["kernel_ct_timeout_extended"] >= 1
+        assert 30 <= k.timeout_s < 5 * 86400 - 60, k
+        proc.communicate(timeout=120)
+    finally:
+        ct.close()
+        if proc.poll() is None:
+            proc.kill()
+        stop(srv)
+    assert proc.returncode == 0
