@@ -46,6 +46,7 @@ from .slowpath import KernelSlowPath
 
 log = logging.getLogger(__name__)
 
+_PROTO_NAMES = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", 1: "icmp", 58: "icmpv6"}
 _FINAL = {OfferResult.POLICY, OfferResult.PROTO, OfferResult.INCONSISTENT}
 #: How far ahead of the flow's own deadline the kernel's timeout is kept (s): the switch's counters are
 #: read when less than 90 % of the flow timeout remains, so the kernel must outlive that by a margin.
@@ -183,6 +184,8 @@ class KernelOffloader(Offloader):
                     self.conns[k.orig] = conn
                     self._by_tuple[k.orig] = conn
                     self._by_tuple[k.reply] = conn
+                    # the same line as the Python slow path's, with the kernel's conntrack id
+                    log.info("new connection %d: %s %s", k.id, _PROTO_NAMES.get(k.proto, str(k.proto)), k.orig)
                 else:
                     # Our own timeout updates come back as UPDATE events: only a change of state or
                     # status is news (the kernel offers on forwarded packets, not on timer changes).
@@ -443,7 +446,8 @@ class KernelOffloader(Offloader):
                 flags.append("UNREPLIED")
             if k.status & IPS_ASSURED:
                 flags.append("ASSURED")
-            if flow is not None and flow.state not in ("teardown", "dying"):
+            # flow_offload_teardown clears IPS_OFFLOAD at the first FIN/RST: a closing flow is the kernel's again
+            if flow is not None and flow.state not in ("closing", "teardown", "dying"):
                 flags.append("OFFLOAD")
                 if flow.hw_offloaded:
                     flags.append("HW_OFFLOAD")
@@ -456,7 +460,7 @@ class KernelOffloader(Offloader):
             iif = (conn.iif[0], conn.iif[1]) if conn is not None else (None, None)
             acts = tuple(format_actions(a) if a is not None else None
                          for a in (conn.actions if conn is not None else [None, None]))
-            proto = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}.get(k.proto, str(k.proto))
+            proto = _PROTO_NAMES.get(k.proto, str(k.proto))
             out.append(CtRecord(k.id, proto, k.proto, k.orig.family, k.state_name(), float(k.timeout_s), k.orig,
                                 k.reply, tuple(flags), k.packets, k.bytes, iif, (acts[0], acts[1]),
                                 (hp[0], hp[1]), (hb[0], hb[1])))

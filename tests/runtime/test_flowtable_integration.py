@@ -362,7 +362,12 @@ def _closed_offloaded_connection_reaches_time_wait(lab: Lab) -> None:
         flow = lab.ctl.wait_flow("tcp", 5002, sport=sport, timeout=10, what="the transfer's flow to reach [HW_OFFLOAD]")
         [live] = conntrack_of(lab, sport, 5002)
         assert live["state"] == "ESTABLISHED" and "HW_OFFLOAD" in live["status"], live
-        assert 86000 < live["timeout"] <= 86400, "offloaded: the day-long timeout the flowtable sets"
+        if lab.slowpath == "kernel":
+            # the kernel's entry is kept ahead of the flow's own deadline (punted packets can set it back to
+            # a state's timeout at any time, so a day once would not hold)
+            assert live["timeout"] >= 30, "offloaded: the kernel's timeout kept ahead of the flow's"
+        else:
+            assert 86000 < live["timeout"] <= 86400, "offloaded: the day-long timeout the flowtable sets"
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -478,7 +483,10 @@ def _port_reuse(lab: Lab) -> None:
                                    what="the second connection on the same tuple to reach [HW_OFFLOAD]")
         assert second["id"] != first["id"] and second["tag"] == "[HW_OFFLOAD]"
         [ct2] = conntrack_of(lab, sport, 5004)
-        assert ct2["id"] != ct1["id"], "the old entry is destroyed and a new one tracks the SYN"
+        if lab.slowpath == "offloadgen":
+            # (the kernel's conntrack ids hash the entry's address and tuple: a new entry for the same tuple
+            # in the same slab slot has the old one's id, so there only the log below tells them apart)
+            assert ct2["id"] != ct1["id"], "the old entry is destroyed and a new one tracks the SYN"
         assert ct2["state"] == "ESTABLISHED" and "HW_OFFLOAD" in ct2["status"], ct2
         assert {e["dir"] for e in entries_of(lab, second["id"])} == {"original", "reply"}
         Path(f"{base}.3").touch()
@@ -488,7 +496,10 @@ def _port_reuse(lab: Lab) -> None:
         if proc.poll() is None:
             proc.kill()
         stop(srv)
-    assert f"new connection {ct2['id']}: tcp" in (lab.tmp / "controller.log").read_text()
+    log = (lab.tmp / "controller.log").read_text()
+    assert f"new connection {ct2['id']}: tcp" in log
+    news = [line for line in log.splitlines() if "new connection" in line and f"sport={sport} dport=5004" in line]
+    assert len(news) == 2, f"the old entry is destroyed and a new one tracks the SYN: {news}"
     assert_switch_matches_flowtable(lab)
 
 
