@@ -18,12 +18,21 @@ last use plus the flow timeout. Differences, on purpose:
 - A write that fails as a whole (connection lost, no longer primary) has an unknown outcome: the flow's
   entries are treated as possibly installed, so teardown deletes them and reconciliation sorts them out.
 
+The engine is the only writer of a flow's hardware state: ``HW_PENDING`` is set when a work item is
+queued (:meth:`OffloadEngine._claim`, ``nf_flow_offload_work_alloc``) and cleared once, when the work
+handler has finished the item (:meth:`OffloadEngine._work_handler`, ``flow_offload_work_handler``);
+``HW_OFFLOADED``/``HW_REFRESH``/``HW_DYING``/``HW_DEAD``/``HW_UNSUPPORTED``, ``hw_installed`` and the
+counters change only here. Counters read from the switch reach conntrack's accounting after the
+flowtable's lock is released (queued on it), so the worker never holds the flowtable's lock while waiting
+for conntrack's.
+
 The switch is reached only through the :class:`EntryWriter` and :class:`StatsReader` protocols.
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -65,6 +74,14 @@ class StatsReader(Protocol):
     def read_stats(self, entries: Sequence[EntryRef]) -> list[HwStats | None]: ...
 
 
+class Work(enum.Enum):
+    """A work item's command (``flow_offload_work->cmd``)."""
+
+    ADD = "add"  # FLOW_CLS_REPLACE
+    DEL = "del"  # FLOW_CLS_DESTROY
+    STATS = "stats"  # FLOW_CLS_STATS
+
+
 @dataclass(slots=True)
 class QueueDepths:
     """``/proc/net/stats/nf_flowtable``: wq_add, wq_del, wq_stats."""
@@ -104,17 +121,21 @@ class OffloadEngine:
         return True
 
     def queue_add(self, flow: Flow) -> bool:
+        """``nf_flow_offload_add``; a queued add is the refresh ``HW_REFRESH`` asked for."""
         with self.lock:
             if not self._claim(flow):
                 return False
+            flow.flags &= ~F.HW_REFRESH
             self._add_q.append(flow)
         self._wake.set()
         return True
 
     def queue_del(self, flow: Flow) -> bool:
+        """``nf_flow_offload_del``: ``HW_DYING`` from now until the entries are gone (or the delete failed)."""
         with self.lock:
             if not self._claim(flow):
                 return False
+            flow.flags |= F.HW_DYING
             self._del_q.append(flow)
         self._wake.set()
         return True
@@ -182,14 +203,33 @@ class OffloadEngine:
             dels = self._pop(self._del_q)
             adds = self._pop(self._add_q)
             stats = self._pop(self._stats_q)
-        if dels:
-            self._work_del(dels)
-        if adds:
-            self._work_add(adds)
-        if stats:
-            self._work_stats(stats)
+        for kind, flows in ((Work.DEL, dels), (Work.ADD, adds), (Work.STATS, stats)):
+            if flows:
+                self._work_handler(kind, flows)
         self._work_orphans()
         return len(dels) + len(adds) + len(stats)
+
+    def _work_handler(self, kind: Work, flows: list[Flow]) -> None:
+        """``flow_offload_work_handler`` for a batch of one kind: do the work, then clear each flow's
+        ``HW_PENDING`` -- the one place it is cleared, whatever the outcome (even an exception) -- and let
+        the GC look at the flow again. A stats read that found the entries gone queues the add after that,
+        as a new work item."""
+        requeue: list[Flow] = []
+        try:
+            if kind is Work.ADD:
+                self._work_add(flows)
+            elif kind is Work.DEL:
+                self._work_del(flows)
+            else:
+                requeue = self._work_stats(flows)
+        finally:
+            with self.lock:
+                now = self.ft.clock()
+                for flow in flows:
+                    flow.flags &= ~F.HW_PENDING
+                    self.ft.reschedule(flow, now)
+                for flow in requeue:
+                    self._requeue_add(flow)
 
     def _pop(self, q: collections.deque[Flow]) -> list[Flow]:
         out: list[Flow] = []
@@ -214,19 +254,19 @@ class OffloadEngine:
             return f"write answered {len(results)} results for {len(updates)} updates"
         return list(results)
 
+    # ------------------------------------------------------------------------ add / del / stats work
+
     def _work_add(self, flows: list[Flow]) -> None:
         """``flow_offload_work_add``, batched, with pair semantics (see the module docstring)."""
         plan: list[tuple[Flow, list[FlowUpdate]]] = []
         with self.lock:
             for flow in flows:
                 if flow.flags & (F.TEARDOWN | F.CLOSING):
-                    self.ft.hw_cancelled(flow)  # closed while queued; the GC takes it from here
-                    continue
+                    continue  # closed while queued: nothing to write, the GC takes it from here
                 try:
                     ups = [entry_for(d.tuple, d.rewrite, self.caps, flow.timeout_ns) for d in flow.dirs]
                 except Unsupported as exc:
-                    flow.flags &= ~F.HW_PENDING
-                    self.ft.hw_add_done(flow, False, error=str(exc), unsupported=True)
+                    self._add_done(flow, False, error=str(exc), unsupported=True)
                     continue
                 plan.append((flow, ups))
         if not plan:
@@ -237,8 +277,7 @@ class OffloadEngine:
             with self.lock:
                 for flow, _ in plan:
                     flow.hw_installed |= 0b11  # unknown outcome: maybe there
-                    flow.flags &= ~F.HW_PENDING
-                    self.ft.hw_add_done(flow, False, error=answer)
+                    self._add_done(flow, False, error=answer)
             return
 
         # Per direction: OK, refused (code), or ALREADY_EXISTS -> MODIFY in a second batch.
@@ -261,8 +300,7 @@ class OffloadEngine:
                     if ok[d]:
                         flow.hw_installed |= 1 << d
                 if all(ok):
-                    flow.flags &= ~F.HW_PENDING
-                    self.ft.hw_add_done(flow, True)
+                    self._add_done(flow, True)
                     continue
                 bad = next(codes[i][d] for d in (0, 1) if not ok[d])
                 if any(ok):
@@ -271,22 +309,51 @@ class OffloadEngine:
                         if ok[d]:
                             rollback.append((flow, d, ups[d].with_op(Op.DELETE)))
                 error = f"{Dir(next(d for d in (0, 1) if not ok[d])).name.lower()}: {bad.code.name} {bad.message}".strip()
-                flow.flags &= ~F.HW_PENDING
-                self.ft.hw_add_done(flow, False, error=error, table_full=bad.code in TABLE_FULL_CODES)
+                self._add_done(flow, False, error=error, table_full=bad.code in TABLE_FULL_CODES)
         if rollback:
             ranswer = self._write([r[2] for r in rollback])
             with self.lock:
                 for j, (flow, d, upd) in enumerate(rollback):
                     res = UpdateResult(Code.UNKNOWN, ranswer) if isinstance(ranswer, str) else ranswer[j]
-                    if res.ok or res.code is Code.NOT_FOUND:
-                        flow.hw_installed &= ~(1 << d)
-                    else:
+                    flow.hw_installed &= ~(1 << d)
+                    if not (res.ok or res.code is Code.NOT_FOUND):
                         # Still on the switch and not ours any more: delete it on later runs.
-                        flow.hw_installed &= ~(1 << d)
                         self._orphans[upd.key()] = upd
 
+    def _add_done(self, flow: Flow, ok: bool, *, error: str = "", table_full: bool = False,
+                  unsupported: bool = False) -> None:
+        """The result of an add (lock held). On success the switch has acknowledged both directions:
+        ``[HW_OFFLOAD]``. On failure the flow stays on the software path with ``HW_REFRESH`` and a retry
+        delay that doubles up to ``FlowTable.RETRY_MAX_NS``."""
+        ft = self.ft
+        now = ft.clock()
+        if ok:
+            flow.flags = (flow.flags | F.HW_OFFLOADED) & ~F.HW_REFRESH
+            flow.retry_at = 0
+            flow.last_error = ""
+            flow.hw_packets = [0, 0]
+            flow.hw_bytes = [0, 0]
+            flow.stats_at = 0
+            flow.hw_read_at = now
+            ft.counters.hw_add_ok += 1
+            ft.notify("hw_offload", flow)
+            return
+        flow.flags = (flow.flags | F.HW_REFRESH) & ~F.HW_OFFLOADED
+        flow.last_error = error
+        if unsupported:
+            flow.flags |= F.HW_UNSUPPORTED
+            ft.counters.hw_unsupported += 1
+        elif table_full:
+            ft.counters.hw_add_table_full += 1
+        else:
+            ft.counters.hw_add_errors += 1
+        flow.retry_at = now + ft.retry_delay_ns(flow.hw_retries)
+        ft.notify("hw_failed", flow)
+
     def _work_del(self, flows: list[Flow]) -> None:
-        """``flow_offload_work_del``: delete whichever directions may be installed; NOT_FOUND counts as done."""
+        """``flow_offload_work_del``: read the counters a last time, then delete whichever directions may be
+        installed; NOT_FOUND counts as done. ``HW_DEAD`` once nothing is left; on failure ``HW_DYING`` goes
+        so the next GC run queues the delete again (the entries must not be left behind)."""
         plan: list[tuple[Flow, int, FlowUpdate]] = []
         with self.lock:
             for flow in flows:
@@ -294,17 +361,19 @@ class OffloadEngine:
                     if flow.hw_installed & (1 << d):
                         plan.append((flow, d, delete_for(flow.dirs[d].tuple, self.caps)))
             offloaded = [f for f in flows if f.flags & F.HW_OFFLOADED and f.hw_installed == 0b11]
+            refs = [match_of(f.dirs[d].tuple, self.caps) for f in offloaded for d in (0, 1)]
         if offloaded and self.reader is not None:
-            # Read the counters one last time: what the switch forwarded since the previous read would
-            # otherwise be lost from the flow's and conntrack's accounting.
+            # What the switch forwarded since the previous read would otherwise be lost from the flow's and
+            # conntrack's accounting. Accounting only: a closing flow's deadline must not move.
             try:
-                refs = [match_of(f.dirs[d].tuple, self.caps) for f in offloaded for d in (0, 1)]
                 stats = self.reader.read_stats(refs)
-                if len(stats) == len(refs):
-                    for i, f in enumerate(offloaded):
-                        self.ft.hw_final_stats(f, [stats[2 * i], stats[2 * i + 1]])
             except Exception as exc:
                 log.debug("final counter read before delete failed: %s", exc)
+            else:
+                if len(stats) == len(refs):
+                    with self.lock:
+                        for i, f in enumerate(offloaded):
+                            self._account(f, [stats[2 * i], stats[2 * i + 1]])
         answer = self._write([p[2] for p in plan])
         errors: dict[int, str] = {}
         with self.lock:
@@ -315,32 +384,118 @@ class OffloadEngine:
                 else:
                     errors[flow.id] = f"delete {Dir(d).name.lower()}: {res.code.name} {res.message}".strip()
             for flow in flows:
-                flow.flags &= ~F.HW_PENDING
-                self.ft.hw_del_done(flow, flow.hw_installed == 0, error=errors.get(flow.id, ""))
+                if flow.hw_installed == 0:
+                    flow.flags = (flow.flags | F.HW_DEAD) & ~F.HW_OFFLOADED
+                    self.ft.counters.hw_del_ok += 1
+                    self.ft.notify("hw_removed", flow)
+                else:
+                    flow.flags &= ~F.HW_DYING
+                    flow.last_error = errors.get(flow.id, "")
+                    self.ft.counters.hw_del_errors += 1
 
-    def _work_stats(self, flows: list[Flow]) -> None:
-        """``flow_offload_work_stats``: read both directions of each flow in one request."""
+    def _account(self, flow: Flow, stats: Sequence[HwStats | None]) -> list[int]:
+        """Take new counter values (lock held): returns the packets that are new per direction and queues
+        them for conntrack's accounting (``nf_ct_acct_add``), which runs once the lock is released. An
+        adopted entry's first values are only the baseline; counters that went down were restarted (the
+        entry was re-installed): all of it is new."""
+        new = [0, 0]
+        for d in (Dir.ORIGINAL, Dir.REPLY):
+            st = stats[d]
+            if st is None:
+                continue
+            if flow.hw_packets[d] < 0:
+                dp = db = 0
+            else:
+                dp, db = st.packets - flow.hw_packets[d], st.bytes - flow.hw_bytes[d]
+                if dp < 0 or db < 0:
+                    dp, db = st.packets, st.bytes
+            flow.hw_packets[d], flow.hw_bytes[d] = st.packets, st.bytes
+            if dp > 0:
+                self.lock.defer(flow.conn.acct_add, d, dp, db)
+                new[d] = dp
+        return new
+
+    def _work_stats(self, flows: list[Flow]) -> list[Flow]:
+        """``flow_offload_work_stats``: read both directions of each flow in one request. Returns the flows
+        whose entries turned out missing and whose add may be queued again now.
+
+        New packets (or ``time_since_last_hit``) move the timeout to last use plus the flow timeout and are
+        added to conntrack's accounting. A direction the switch no longer has (``None``) means the flow is
+        not really ``[HW_OFFLOAD]``: the flag goes and the add is queued again at once.
+
+        ``time_since_last_hit`` dates a hit only when it agrees with the counters: packets counted since the
+        previous read were forwarded after it (:attr:`Flow.hw_read_at`), so a last hit dated before that
+        read is wrong and the read time stands in (as for a target without the field). BMv2 is such a
+        target: PI derives the value as idle timeout minus remaining TTL, and bmv2 computes the remaining
+        TTL in 32-bit arithmetic (``ms * 1000 * 1000``), so for idle timeouts above 2^32 ns (~4.29 s) it
+        reports the true value plus a multiple of ~4.29 s (about 25.8 s too much for a 30 s timeout) and a
+        busy flow would look idle and expire counted from its last refresh, not from its last packet.
+        """
         assert self.reader is not None
-        refs: list[EntryRef] = []
         with self.lock:
-            for flow in flows:
-                refs.extend(match_of(d.tuple, self.caps) for d in flow.dirs)
+            refs = [match_of(d.tuple, self.caps) for flow in flows for d in flow.dirs]
         try:
             stats = self.reader.read_stats(refs)
             if len(stats) != len(refs):
                 raise ValueError(f"read answered {len(stats)} results for {len(refs)} entries")
         except Exception as exc:
             log.warning("flow stats read of %d entries failed: %s", len(refs), exc)
-            with self.lock:
-                for flow in flows:
-                    flow.flags &= ~F.HW_PENDING
-            return
+            return []
+        requeue: list[Flow] = []
         with self.lock:
+            ft = self.ft
+            now = ft.clock()
             for i, flow in enumerate(flows):
-                flow.flags &= ~F.HW_PENDING
-                self.ft.hw_stats_done(flow, [stats[2 * i], stats[2 * i + 1]])
-                if not flow.flags & F.HW_OFFLOADED and flow.flags & F.HW_REFRESH and flow.retry_at <= self.ft.clock():
-                    self.ft.requeue_add(flow)
+                pair = [stats[2 * i], stats[2 * i + 1]]
+                ft.counters.hw_stats_reads += 1
+                new = self._account(flow, pair)
+                lastused = 0
+                for d in (Dir.ORIGINAL, Dir.REPLY):
+                    st = pair[d]
+                    if st is None:
+                        flow.hw_installed &= ~(1 << d)
+                        continue
+                    since = st.since_last_hit_ns
+                    if new[d] > 0:
+                        hit = now - since if since is not None else now
+                        lastused = max(lastused, hit if hit >= flow.hw_read_at else now)
+                    elif since is not None and st.packets > 0:
+                        lastused = max(lastused, now - since)
+                flow.hw_read_at = now
+                if lastused:
+                    flow.timeout = max(flow.timeout, lastused + flow.timeout_ns)
+                    flow.stats_at = flow.timeout - (9 * flow.timeout_ns) // 10 + 1
+                if None in pair and flow.flags & F.HW_OFFLOADED:
+                    flow.flags = (flow.flags & ~F.HW_OFFLOADED) | F.HW_REFRESH
+                    ft.counters.hw_entries_lost += 1
+                    ft.notify("hw_lost", flow)
+                    if not flow.flags & (F.TEARDOWN | F.CLOSING):
+                        flow.retry_at = now
+                if not flow.flags & F.HW_OFFLOADED and flow.flags & F.HW_REFRESH and flow.retry_at <= now:
+                    requeue.append(flow)
+        return requeue
+
+    def _requeue_add(self, flow: Flow) -> bool:
+        """Queue the hardware add again now (entries found missing, or a reinstall on reconcile); lock held."""
+        ft = self.ft
+        if not ft.hw_enabled or not flow.flags & F.HW or flow.flags & (F.TEARDOWN | F.CLOSING | F.HW_UNSUPPORTED):
+            return False
+        return self.queue_add(flow)
+
+    def _adopt(self, flow: Flow) -> None:
+        """Reconciliation found both entries on the switch as we would write them: ``[HW_OFFLOAD]``. The
+        counters' history is unknown; the first stats read takes its values as the new baseline."""
+        if not flow.flags & F.HW:
+            return
+        flow.flags = (flow.flags | F.HW_OFFLOADED) & ~(F.HW_REFRESH | F.HW_DYING | F.HW_DEAD)
+        flow.hw_installed = 0b11
+        flow.hw_packets = [-1, -1]
+        flow.hw_bytes = [-1, -1]
+        flow.stats_at = 0
+        now = self.ft.clock()
+        flow.hw_read_at = now
+        self.ft.notify("hw_offload", flow)
+        self.ft.reschedule(flow, now)
 
     def _work_orphans(self) -> None:
         with self.lock:
@@ -371,12 +526,12 @@ class OffloadEngine:
                 for upd in plan.delete:
                     self._orphans[upd.key()] = upd
             for flow in plan.adopt:
-                self.ft.hw_adopted(flow)
+                self._adopt(flow)
             for flow in plan.reinstall:
                 flow.flags = (flow.flags & ~F.HW_OFFLOADED) | F.HW_REFRESH
                 flow.hw_installed |= 0b11  # whatever is there gets replaced (ALREADY_EXISTS -> MODIFY) or deleted
                 flow.retry_at = 0
-                self.ft.requeue_add(flow)
+                self._requeue_add(flow)
         return answer
 
     # ------------------------------------------------------------------------------------ thread
