@@ -192,7 +192,8 @@ class Counters:
     hw_unsupported: int = 0
     hw_del_ok: int = 0
     hw_del_errors: int = 0
-    hw_stats_reads: int = 0
+    hw_stats_reads: int = 0  # flows whose counters were taken (from a bulk read)
+    hw_stats_passes: int = 0  # bulk reads of the flow tables' counters (at most one per stats period)
     hw_entries_lost: int = 0
     hw_write_failures: int = 0
     idle_notifications: int = 0
@@ -234,6 +235,8 @@ class FlowTable:
         self._tick_ns = gc_interval_ns
         self._wheel: dict[int, dict[Flow, None]] = {}
         self._done_tick = clock() // gc_interval_ns
+        #: When the GC last ran: the offload engine reads the switch's counters once per GC run.
+        self.gc_at = -1
         #: Called as flows change state: "offload" (entered the flowtable), "hw_offload" (the switch
         #: acknowledged both entries), "hw_failed", "hw_lost", "closing", "teardown", "hw_removed",
         #: "removed". They run after the thread that made the change released the table's lock, in order,
@@ -462,6 +465,7 @@ class FlowTable:
         Returns the number of flows visited."""
         with self.lock:
             now = self.clock()
+            self.gc_at = now
             now_tick = now // self._tick_ns
             self.counters.gc_runs += 1
             if now_tick <= self._done_tick:

@@ -8,6 +8,9 @@ last use plus the flow timeout. Differences, on purpose:
 
 - Work is batched: one ``Write`` carries the updates of many flows (BMv2 and softswitch apply batches
   continue-on-error and answer per update).
+- Stats work items are answered from one whole-table read of the counters per stats period (a
+  second), as drivers answer ``FLOW_CLS_STATS`` from a counter cache refreshed in bulk: the switch is read
+  once per period whatever the number of flows.
 - Both directions or neither: the kernel accepts a half-installed pair; here a pair whose second direction
   was refused is rolled back (the first direction deleted) and only a pair the switch acknowledged in full
   becomes ``[HW_OFFLOAD]``.
@@ -64,14 +67,30 @@ class EntryWriter(Protocol):
     def write(self, updates: Sequence[FlowUpdate]) -> list[UpdateResult]: ...
 
 
+EntryKey = tuple[str, tuple[tuple[str, int], ...]]
+
+
+def entry_key(table: str, match: Mapping[str, object]) -> EntryKey:
+    """One entry's identity, the same for what we ask for and what the switch answers: the table's short
+    name and the exact-match fields as integers."""
+    return table.rsplit(".", 1)[-1], tuple(sorted(
+        (k, int.from_bytes(v, "big") if isinstance(v, bytes) else int(v))  # type: ignore[call-overload]
+        for k, v in match.items() if not isinstance(v, tuple)))
+
+
 class StatsReader(Protocol):
     """Reads flow-table entries' direct counters and, where supported, ``time_since_last_hit``.
 
-    Returns one :class:`HwStats` per entry, in order, or ``None`` for an entry the switch does not have.
-    Raises when the read as a whole failed.
+    Both raise when the read as a whole failed.
     """
 
-    def read_stats(self, entries: Sequence[EntryRef]) -> list[HwStats | None]: ...
+    def read_stats(self, entries: Sequence[EntryRef]) -> list[HwStats | None]:
+        """These entries now: one :class:`HwStats` per entry, in order, ``None`` for one the switch lacks."""
+        ...
+
+    def read_tables(self, tables: Sequence[str]) -> dict[EntryKey, HwStats]:
+        """Every entry of these tables, keyed by :func:`entry_key` (the bulk read of a stats period)."""
+        ...
 
 
 class Work(enum.Enum):
@@ -95,13 +114,22 @@ class OffloadEngine:
     """The three work queues and the worker that drains them (thread: :meth:`start`; tests: :meth:`run_once`)."""
 
     def __init__(self, flowtable: FlowTable, writer: EntryWriter, caps: PipelineCaps,
-                 reader: StatsReader | None = None, *, batch_size: int = 128) -> None:
+                 reader: StatsReader | None = None, *, batch_size: int = 128,
+                 stats_period_ns: int | None = None) -> None:
         self.ft = flowtable
         self.lock = flowtable.lock
         self.writer = writer
         self.reader = reader
         self.caps = caps
         self.batch_size = batch_size
+        #: Counters are read in bulk once per GC run, and at least once per period when work asks for them
+        #: without a GC run in between (default: the GC's stats interval, a second).
+        self.stats_period_ns = flowtable.STATS_INTERVAL_NS if stats_period_ns is None else stats_period_ns
+        # The last bulk read (worker thread only): counters by entry, when the read started (entries
+        # installed before are in it) and when it answered (time_since_last_hit counts back from there).
+        self._counters: dict[EntryKey, HwStats] = {}
+        self._counters_from = -1
+        self._counters_at = -1
         self._add_q: collections.deque[Flow] = collections.deque()
         self._del_q: collections.deque[Flow] = collections.deque()
         self._stats_q: collections.deque[Flow] = collections.deque()
@@ -415,13 +443,38 @@ class OffloadEngine:
                 new[d] = dp
         return new
 
+    def _bulk_read(self) -> bool:
+        """The counters of every flow-table entry, read whole-table once per stats period: after each GC
+        run (which queues the period's stats work), or when a period has passed without one (drivers do
+        the same: mlx5 refreshes its flow-counter cache in bulk on one cadence and answers
+        ``FLOW_CLS_STATS`` from it). False when there is no current read (it failed)."""
+        assert self.reader is not None
+        now = self.ft.clock()
+        taken = self._counters_from
+        if taken >= 0 and taken >= self.ft.gc_at and now - taken < self.stats_period_ns:
+            return True
+        tables = sorted(set(self.caps.tables.values()))
+        try:
+            counters = self.reader.read_tables(tables)
+        except Exception as exc:
+            log.warning("reading the flow tables' counters failed: %s", exc)
+            return False
+        self._counters, self._counters_from, self._counters_at = counters, now, self.ft.clock()
+        with self.lock:
+            self.ft.counters.hw_stats_passes += 1
+        return True
+
     def _work_stats(self, flows: list[Flow]) -> list[Flow]:
-        """``flow_offload_work_stats``: read both directions of each flow in one request. Returns the flows
-        whose entries turned out missing and whose add may be queued again now.
+        """``flow_offload_work_stats``, answered from the stats period's bulk read (:meth:`_bulk_read`), so
+        the switch is read once per period however many flows the GC asks about. Returns the flows whose
+        entries turned out missing and whose add may be queued again now.
+
+        A flow whose counters were taken at or after that read (its entries were installed, or it was read,
+        since) has nothing newer in it and is left as it is; the GC asks again in the next period.
 
         New packets (or ``time_since_last_hit``) move the timeout to last use plus the flow timeout and are
-        added to conntrack's accounting. A direction the switch no longer has (``None``) means the flow is
-        not really ``[HW_OFFLOAD]``: the flag goes and the add is queued again at once.
+        added to conntrack's accounting. A direction the read does not have means the flow is not really
+        ``[HW_OFFLOAD]``: the flag goes and the add is queued again at once.
 
         ``time_since_last_hit`` dates a hit only when it agrees with the counters: packets counted since the
         previous read were forwarded after it (:attr:`Flow.hw_read_at`), so a last hit dated before that
@@ -431,49 +484,47 @@ class OffloadEngine:
         reports the true value plus a multiple of ~4.29 s (about 25.8 s too much for a 30 s timeout) and a
         busy flow would look idle and expire counted from its last refresh, not from its last packet.
         """
-        assert self.reader is not None
-        with self.lock:
-            refs = [match_of(d.tuple, self.caps) for flow in flows for d in flow.dirs]
-        try:
-            stats = self.reader.read_stats(refs)
-            if len(stats) != len(refs):
-                raise ValueError(f"read answered {len(stats)} results for {len(refs)} entries")
-        except Exception as exc:
-            log.warning("flow stats read of %d entries failed: %s", len(refs), exc)
+        if not self._bulk_read():
             return []
         requeue: list[Flow] = []
+        counters, taken, at = self._counters, self._counters_from, self._counters_at
         with self.lock:
             ft = self.ft
-            now = ft.clock()
-            for i, flow in enumerate(flows):
-                pair = [stats[2 * i], stats[2 * i + 1]]
-                ft.counters.hw_stats_reads += 1
-                new = self._account(flow, pair)
-                lastused = 0
-                for d in (Dir.ORIGINAL, Dir.REPLY):
-                    st = pair[d]
-                    if st is None:
-                        flow.hw_installed &= ~(1 << d)
-                        continue
-                    since = st.since_last_hit_ns
-                    if new[d] > 0:
-                        hit = now - since if since is not None else now
-                        lastused = max(lastused, hit if hit >= flow.hw_read_at else now)
-                    elif since is not None and st.packets > 0:
-                        lastused = max(lastused, now - since)
-                flow.hw_read_at = now
-                if lastused:
-                    flow.timeout = max(flow.timeout, lastused + flow.timeout_ns)
-                    flow.stats_at = flow.timeout - (9 * flow.timeout_ns) // 10 + 1
-                if None in pair and flow.flags & F.HW_OFFLOADED:
-                    flow.flags = (flow.flags & ~F.HW_OFFLOADED) | F.HW_REFRESH
-                    ft.counters.hw_entries_lost += 1
-                    ft.notify("hw_lost", flow)
-                    if not flow.flags & (F.TEARDOWN | F.CLOSING):
-                        flow.retry_at = now
-                if not flow.flags & F.HW_OFFLOADED and flow.flags & F.HW_REFRESH and flow.retry_at <= now:
+            for flow in flows:
+                if flow.hw_read_at < taken:
+                    self._take_counters(flow, [counters.get(entry_key(*match_of(d.tuple, self.caps)))
+                                               for d in flow.dirs], at)
+                if not flow.flags & F.HW_OFFLOADED and flow.flags & F.HW_REFRESH and flow.retry_at <= ft.clock():
                     requeue.append(flow)
         return requeue
+
+    def _take_counters(self, flow: Flow, pair: list[HwStats | None], at: int) -> None:
+        """One flow's counters from a read answered at ``at`` (lock held)."""
+        ft = self.ft
+        ft.counters.hw_stats_reads += 1
+        new = self._account(flow, pair)
+        lastused = 0
+        for d in (Dir.ORIGINAL, Dir.REPLY):
+            st = pair[d]
+            if st is None:
+                flow.hw_installed &= ~(1 << d)
+                continue
+            since = st.since_last_hit_ns
+            if new[d] > 0:
+                hit = at - since if since is not None else at
+                lastused = max(lastused, hit if hit >= flow.hw_read_at else at)
+            elif since is not None and st.packets > 0:
+                lastused = max(lastused, at - since)
+        flow.hw_read_at = at
+        if lastused and not flow.flags & (F.CLOSING | F.TEARDOWN):  # a closing flow's deadline stays
+            flow.timeout = max(flow.timeout, lastused + flow.timeout_ns)
+            flow.stats_at = flow.timeout - (9 * flow.timeout_ns) // 10 + 1
+        if None in pair and flow.flags & F.HW_OFFLOADED:
+            flow.flags = (flow.flags & ~F.HW_OFFLOADED) | F.HW_REFRESH
+            ft.counters.hw_entries_lost += 1
+            ft.notify("hw_lost", flow)
+            if not flow.flags & (F.TEARDOWN | F.CLOSING):
+                flow.retry_at = ft.clock()
 
     def _requeue_add(self, flow: Flow) -> bool:
         """Queue the hardware add again now (entries found missing, or a reinstall on reconcile); lock held."""

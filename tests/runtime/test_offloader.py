@@ -208,6 +208,9 @@ class _HoldingReader:
         assert self.delivering.wait(WATCHDOG_S)
         return self.sw.read_stats(entries)
 
+    def read_tables(self, tables: Sequence[str]) -> dict[Any, Any]:
+        return self.sw.read_tables(tables)
+
 
 def test_fin_on_one_connection_while_the_worker_deletes_another_does_not_deadlock(
         build_dir: Path, router_config_path: Path) -> None:
