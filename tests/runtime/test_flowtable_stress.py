@@ -110,6 +110,31 @@ def settle(lab: Lab, cond: Callable[[], Any], timeout: float, what: str) -> None
         raise AssertionError(f"{exc}: {flowtable(lab)}; flows by state: {states}") from None
 
 
+def rounds(lab: Lab, client: subprocess.Popen[str], figures: list[str]) -> None:
+    """Open, offload, close all at once and drain, ROUNDS times; timings go to ``figures``."""
+    for rnd in range(ROUNDS):
+        t0 = time.monotonic()
+        if rnd:
+            client.send_signal(signal.SIGUSR1)  # the next round (the first opens at once)
+        opened = read_line(client, 150, f"round {rnd}: {CONNECTIONS} connections to open")
+        assert opened.split() == ["open", str(CONNECTIONS)], opened
+        settle(lab, lambda: flowtable(lab)["hw_offloaded"] == CONNECTIONS, 60,
+               f"round {rnd}: all {CONNECTIONS} flows on the switch")
+        t_open = time.monotonic() - t0
+        assert len(lab.ctl.entries()) == 2 * CONNECTIONS, "both directions of every connection on the switch"
+
+        t0 = time.monotonic()
+        client.send_signal(signal.SIGUSR1)  # every connection shut down at once
+        closed = read_line(client, 90, f"round {rnd}: {CONNECTIONS} connections to close")
+        assert closed.split() == ["closed", str(CONNECTIONS)], closed
+        settle(lab, lambda: drained(flowtable(lab)), CLOSE_TIMEOUT + 60,
+               f"round {rnd}: the flowtable to empty after the close timeout")
+        t_close = time.monotonic() - t0
+        assert lab.ctl.entries() == [], "no entry left on the switch"
+        figures.append(f"round {rnd}: open+offload {t_open:.1f} s, close+drain {t_close:.1f} s")
+        lab.ctl.alive()
+
+
 def test_thousand_connections_closing_at_once_repeatedly(lab: Lab) -> None:
     srv = start_server(lab.b, MANY_SERVER, "0.0.0.0", str(PORT))
     client = lab.a.popen(sys.executable, "-c", MANY_CLIENT, B_ADDR, str(PORT), str(CONNECTIONS),
@@ -117,27 +142,12 @@ def test_thousand_connections_closing_at_once_repeatedly(lab: Lab) -> None:
     figures: list[str] = []
     try:
         with Watchdog(lab.ctl.sock) as dog:
-            for rnd in range(ROUNDS):
-                t0 = time.monotonic()
-                if rnd:
-                    client.send_signal(signal.SIGUSR1)  # the next round (the first opens at once)
-                opened = read_line(client, 150, f"round {rnd}: {CONNECTIONS} connections to open")
-                assert opened.split() == ["open", str(CONNECTIONS)], opened
-                settle(lab, lambda: flowtable(lab)["hw_offloaded"] == CONNECTIONS, 60,
-                       f"round {rnd}: all {CONNECTIONS} flows on the switch")
-                t_open = time.monotonic() - t0
-                assert len(lab.ctl.entries()) == 2 * CONNECTIONS, "both directions of every connection on the switch"
-
-                t0 = time.monotonic()
-                client.send_signal(signal.SIGUSR1)  # every connection shut down at once
-                closed = read_line(client, 90, f"round {rnd}: {CONNECTIONS} connections to close")
-                assert closed.split() == ["closed", str(CONNECTIONS)], closed
-                settle(lab, lambda: drained(flowtable(lab)), CLOSE_TIMEOUT + 60,
-                       f"round {rnd}: the flowtable to empty after the close timeout")
-                t_close = time.monotonic() - t0
-                assert lab.ctl.entries() == [], "no entry left on the switch"
-                figures.append(f"round {rnd}: open+offload {t_open:.1f} s, close+drain {t_close:.1f} s")
-                lab.ctl.alive()
+            try:
+                rounds(lab, client, figures)
+            except AssertionError as exc:
+                if dog.failures:  # the controller hung: that is the finding, the rest follows from it
+                    raise AssertionError(f"the status socket stopped answering: {dog.failures[:3]}") from exc
+                raise
         assert not dog.failures, dog.failures
         assert dog.answers > 0
         figures.append(f"status socket: {dog.answers} answers, slowest {dog.slowest:.2f} s")
