@@ -453,6 +453,12 @@ class OffloadEngine:
         taken = self._counters_from
         if taken >= 0 and taken >= self.ft.gc_at and now - taken < self.stats_period_ns:
             return True
+        cost = self._counters_at - taken
+        if taken >= 0 and cost > self.stats_period_ns and now - self._counters_at < cost:
+            # The last read took longer than a period (a big table on a slow switch): wait as long as it
+            # took before the next, so reading never takes more than half the worker's time from the
+            # adds and deletes. Flows asked about meanwhile are answered from the last read.
+            return True
         tables = sorted(set(self.caps.tables.values()))
         try:
             counters = self.reader.read_tables(tables)

@@ -407,3 +407,26 @@ def test_a_failed_bulk_read_changes_nothing_and_is_tried_again() -> None:
     ft.gc()
     eng.run_once()
     assert ft.counters.hw_stats_passes == 1 and ft.counters.hw_stats_reads == 1
+
+
+def test_a_slow_bulk_read_is_not_repeated_before_as_long_again_has_passed() -> None:
+    """A switch that needs 3 s to read the table is not read on every GC run: after a read the worker
+    waits as long as the read took, answering from the last read meanwhile, so adds and deletes go on."""
+    clock = FakeClock()
+    ft, eng, sw, flow, _ = _hw_flow(clock)
+    read_tables = sw.read_tables
+
+    def slow(tables: Sequence[str]) -> dict[Any, HwStats]:
+        clock.advance(3)
+        return read_tables(tables)
+
+    sw.read_tables = slow  # type: ignore[method-assign]
+    clock.advance(4)
+    passes = []
+    for _ in range(8):
+        ft.gc()
+        eng.run_once()
+        passes.append(ft.counters.hw_stats_passes)
+        clock.advance(1)
+    assert passes == [1, 1, 1, 2, 2, 2, 3, 3], "a read at most every 3 s after the last ended"
+    assert flow.hw_offloaded and ft.counters.hw_entries_lost == 0
