@@ -20,12 +20,12 @@ import enum
 import ipaddress
 import itertools
 import logging
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .actions import ActionList, format_actions
+from .deferred import DeferringLock
 
 log = logging.getLogger(__name__)
 
@@ -322,17 +322,24 @@ class Conntrack:
         self._conns: dict[int, Conn] = {}
         self._ids = itertools.count(1)
         self._listeners: list[Listener] = []
-        self._lock = threading.RLock()
+        # Events are queued under the lock and delivered after its release: a listener may take other parts'
+        # locks (the flowtable's), and those parts call back into conntrack (accounting, fixup).
+        self._lock = DeferringLock()
         self.stats = {"new": 0, "invalid": 0, "destroyed": 0, "full": 0}
 
     # ------------------------------------------------------------------ observers
 
     def subscribe(self, listener: Listener) -> None:
+        """Listeners run on the emitting thread after it released conntrack's lock (never under it), in
+        the order the events happened; they may call back into conntrack."""
         self._listeners.append(listener)
 
     def _emit(self, event: CtEvent, conn: Conn) -> None:
         if not conn.status & Status.CONFIRMED:
             return  # like ctnetlink: no events for a connection that is not in the table (yet)
+        self._lock.defer(self._deliver, event, conn)
+
+    def _deliver(self, event: CtEvent, conn: Conn) -> None:
         for listener in self._listeners:
             try:
                 listener(event, conn)
@@ -446,6 +453,15 @@ class Conntrack:
             if hw is True:
                 conn.status |= Status.HW_OFFLOAD
             elif hw is False:
+                conn.status &= ~Status.HW_OFFLOAD
+
+    def set_hw_offload(self, conn: Conn, on: bool) -> None:
+        """``IPS_HW_OFFLOAD`` alone: the switch acknowledged the connection's entries, or they went (set
+        by ``flow_offload_work_add``, cleared by ``flow_offload_work_del`` in the kernel)."""
+        with self._lock:
+            if on:
+                conn.status |= Status.HW_OFFLOAD
+            else:
                 conn.status &= ~Status.HW_OFFLOAD
 
     def fixup(self, conn: Conn) -> None:

@@ -274,13 +274,13 @@ class Controller:
                     log.exception("controller: handling %s failed", ev.kind)
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + 1.0
-                try:
-                    self.slowpath.tick()
-                    self.offloader.tick()
-                    for hook in self.on_tick:
-                        hook()
-                except Exception:
-                    log.exception("controller: periodic work failed")
+                # Each on its own: a failure in one (say the neighbour probes) must not stop the flowtable's
+                # GC, which is what removes closed flows and queues their hardware deletes.
+                for work in (self.slowpath.tick, self.offloader.tick, *self.on_tick):
+                    try:
+                        work()
+                    except Exception:
+                        log.exception("controller: periodic work %s failed", getattr(work, "__qualname__", work))
 
     def _dispatch(self, ev: _Event) -> None:
         if ev.kind == "packet":

@@ -61,7 +61,11 @@ _FINAL = {OfferResult.POLICY, OfferResult.PROTO, OfferResult.INCONSISTENT}
 
 
 class _CtHandle:
-    """:class:`~runtime.flowtable.core.ConnRef` for one conntrack entry."""
+    """:class:`~runtime.flowtable.core.ConnRef` for one conntrack entry.
+
+    The flowtable calls :meth:`is_dying` under its lock (a read without conntrack's lock), and queues
+    :meth:`acct_add` and :meth:`on_teardown` until it released its lock, since both take conntrack's.
+    """
 
     __slots__ = ("conn", "ct", "owner")
 
@@ -208,25 +212,32 @@ class Offloader:
         return hit[0]
 
     def _ct_event(self, event: CtEvent, conn: Conn) -> None:
-        if not conn.status & Status.OFFLOAD:
-            return
+        """Conntrack's events move flows: FIN/RST makes the flow closing, a destroyed connection tears it
+        down. Conntrack delivers them after releasing its lock, so taking the flowtable's here never
+        nests inside conntrack's (the offload worker takes them the other way round when it accounts)."""
         if event is CtEvent.DESTROY:
+            # also after the first FIN handed the connection back (IPS_OFFLOAD cleared): its closing flow
+            # goes now, as the kernel's GC removes a flow whose conntrack entry is dying
             flow = self._flow_of(conn)
             if flow is not None:
                 self.ft.teardown(flow)
-        elif event is CtEvent.STATE and conn.closing:
+            return
+        if not conn.status & Status.OFFLOAD:
+            return
+        if event is CtEvent.STATE and conn.closing:
             flow = self._flow_of(conn)
             if flow is not None:
                 self.ft.mark_closing(flow)
 
     def _flow_event(self, event: str, flow: Flow) -> None:
-        """Log a flow's way through the states and mirror them in conntrack's status bits."""
+        """Log a flow's way through the states and mirror them in conntrack's status bits. Runs after the
+        flowtable released its lock (on the thread that made the change), so taking conntrack's is safe."""
         handle = flow.conn
         if isinstance(handle, _CtHandle):
             if event == "hw_offload":
-                handle.conn.status |= Status.HW_OFFLOAD
+                self.conntrack.set_hw_offload(handle.conn, True)
             elif event in ("hw_removed", "hw_lost", "hw_failed", "closing"):
-                handle.conn.status &= ~Status.HW_OFFLOAD
+                self.conntrack.set_hw_offload(handle.conn, False)
         o = flow.dirs[0].tuple
         what = {"offload": "[OFFLOAD]", "hw_offload": "[HW_OFFLOAD]", "closing": "closing (FIN/RST)",
                 "teardown": "teardown", "removed": "removed", "hw_removed": "entries deleted from the switch",

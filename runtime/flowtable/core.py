@@ -20,7 +20,12 @@ Modelled on ``net/netfilter/nf_flow_table_core.c`` and ``nft_flow_offload.c``:
 
 Everything takes time from an injected monotonic-ns clock. One re-entrant lock guards the table; the
 packet-in thread, the GC thread and the offload worker all take it (the offload worker never holds it
-across a switch RPC).
+across a switch RPC). Nothing is called outside the table under that lock: state-change events, handing a
+connection back to conntrack and hardware counters for its accounting are queued and run by the thread
+that releases the lock (:class:`~runtime.deferred.DeferringLock`), so the table's lock never waits on
+conntrack's. The hardware state of a flow (``HW_PENDING``, ``HW_OFFLOADED``, ``HW_REFRESH``, ``HW_DYING``,
+``HW_DEAD``, ``HW_UNSUPPORTED``, ``hw_installed`` and the hardware counters) has one writer, the offload
+engine (:mod:`.offload`); this module reads it to decide what to queue.
 """
 
 from __future__ import annotations
@@ -29,12 +34,12 @@ import builtins
 import enum
 import logging
 import math
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..actions import ActionList, Rewrite, flatten
+from ..deferred import DeferringLock
 from .model import IPPROTO_TCP, IPPROTO_UDP, NS, Clock, Dir, FlowFlag, FlowTuple, monotonic_clock
 from .policy import FlowKey, FlowtableConfig
 
@@ -51,7 +56,8 @@ class ConnRef(Protocol):
     """
 
     def is_dying(self) -> bool:
-        """``nf_ct_is_dying``: conntrack has removed or is removing the connection."""
+        """``nf_ct_is_dying``: conntrack has removed or is removing the connection. Called under the
+        flowtable's lock, so it must not take conntrack's (a read of the connection's bits)."""
         ...
 
     def acct_add(self, direction: Dir, packets: int, nbytes: int) -> None:
@@ -68,7 +74,8 @@ class HwOffload(Protocol):
     """What the core asks of the offload work queues (:class:`~runtime.flowtable.offload.OffloadEngine`).
 
     Each returns False when the flow already has a pending operation (``NF_FLOW_HW_PENDING``: at most one
-    per flow); the caller tries again on a later GC run or refresh.
+    per flow); the caller tries again on a later GC run or refresh. Queueing an add clears ``HW_REFRESH``,
+    queueing a delete sets ``HW_DYING`` (``nf_flow_offload_del``); the core never writes those bits itself.
     """
 
     def queue_add(self, flow: Flow) -> bool: ...
@@ -187,7 +194,8 @@ class Counters:
     hw_unsupported: int = 0
     hw_del_ok: int = 0
     hw_del_errors: int = 0
-    hw_stats_reads: int = 0
+    hw_stats_reads: int = 0  # flows whose counters were taken (from a bulk read)
+    hw_stats_passes: int = 0  # bulk reads of the flow tables' counters (at most one per stats period)
     hw_entries_lost: int = 0
     hw_write_failures: int = 0
     idle_notifications: int = 0
@@ -220,7 +228,7 @@ class FlowTable:
                  gc_interval_ns: int = NS) -> None:
         self.config = config or FlowtableConfig()
         self.clock = clock
-        self.lock = threading.RLock()
+        self.lock = DeferringLock()
         self.counters = Counters()
         self.hw: HwOffload | None = None
         self._tuples: dict[FlowTuple, tuple[Flow, Dir]] = {}
@@ -229,12 +237,20 @@ class FlowTable:
         self._tick_ns = gc_interval_ns
         self._wheel: dict[int, dict[Flow, None]] = {}
         self._done_tick = clock() // gc_interval_ns
-        #: Called (under the table lock: keep it short) as flows change state: "offload" (entered the
-        #: flowtable), "hw_offload" (the switch acknowledged both entries), "hw_failed", "closing",
-        #: "teardown", "hw_removed", "removed". The controller logs them and mirrors conntrack's bits.
+        #: When the GC last ran: the offload engine reads the switch's counters once per GC run.
+        self.gc_at = -1
+        #: Called as flows change state: "offload" (entered the flowtable), "hw_offload" (the switch
+        #: acknowledged both entries), "hw_failed", "hw_lost", "closing", "teardown", "hw_removed",
+        #: "removed". They run after the thread that made the change released the table's lock, in order,
+        #: so they may call into conntrack or back into the table. The controller logs them and mirrors
+        #: conntrack's bits.
         self.listeners: list[Callable[[str, Flow], None]] = []
 
-    def _notify(self, event: str, flow: Flow) -> None:
+    def notify(self, event: str, flow: Flow) -> None:
+        """Queue a state-change event for the listeners (delivered once the lock is released)."""
+        self.lock.defer(self._deliver, event, flow)
+
+    def _deliver(self, event: str, flow: Flow) -> None:
         for listener in self.listeners:
             try:
                 listener(event, flow)
@@ -283,7 +299,7 @@ class FlowTable:
         ``orig``/``reply`` carry each direction's arriving tuple, action list (whose NAT must produce the
         other direction's tuple reversed) and route MTU. Returns why a flow was or was not created.
         ``hw_present``: reconciliation found the entries on the switch already; no hardware add is queued
-        (the caller follows with :meth:`hw_adopted`).
+        (the offload engine adopts them when the reconciliation plan is applied).
         """
         with self.lock:
             result = self._check_offer(conn, orig, reply, seen_reply, tcp_established, fin_rst_seen)
@@ -337,7 +353,7 @@ class FlowTable:
         self._tuples[o] = (flow, Dir.ORIGINAL)
         self._tuples[r] = (flow, Dir.REPLY)
         self.counters.created += 1
-        self._notify("offload", flow)
+        self.notify("offload", flow)
         if self.hw_enabled:
             flow.flags |= F.HW
             if not hw_present:
@@ -414,8 +430,8 @@ class FlowTable:
                 self.counters.closed += 1
                 # Conntrack sees every packet from now on (the fast path passes closing flows to the slow
                 # path), so its TCP timeouts govern: FIN_WAIT ... TIME_WAIT as on the classic path.
-                flow.conn.on_teardown()
-                self._notify("closing", flow)
+                self.lock.defer(flow.conn.on_teardown)  # conntrack takes its own lock: not under ours
+                self.notify("closing", flow)
             flow.timeout = now + (self.config.close_timeout_ns if close_timeout_ns is None else close_timeout_ns)
             if (flow.hw_installed and not flow.flags & (F.HW_DYING | F.HW_PENDING)) and self.hw is not None:
                 self._hw_del(flow)
@@ -433,8 +449,8 @@ class FlowTable:
             return
         flow.flags |= F.TEARDOWN
         self.counters.teardowns += 1
-        flow.conn.on_teardown()
-        self._notify("teardown", flow)
+        self.lock.defer(flow.conn.on_teardown)  # conntrack takes its own lock: not under ours
+        self.notify("teardown", flow)
 
     def teardown_all(self, port: int | None = None) -> int:
         """``nf_flow_table_cleanup``: tear down every flow, or those using ``port`` in either direction."""
@@ -455,6 +471,7 @@ class FlowTable:
         Returns the number of flows visited."""
         with self.lock:
             now = self.clock()
+            self.gc_at = now
             now_tick = now // self._tick_ns
             self.counters.gc_runs += 1
             if now_tick <= self._done_tick:
@@ -515,7 +532,7 @@ class FlowTable:
                 del self._tuples[d.tuple]
         if self._flows.pop(flow.id, None) is not None:
             self.counters.removed += 1
-            self._notify("removed", flow)
+            self.notify("removed", flow)
 
     def _next_visit(self, flow: Flow, now: int) -> int:
         flags = flow.flags
@@ -557,162 +574,25 @@ class FlowTable:
         assert self.hw is not None
         if flow.flags & F.HW_UNSUPPORTED:
             return
-        if self.hw.queue_add(flow):
-            flow.flags &= ~F.HW_REFRESH
+        self.hw.queue_add(flow)
 
     def _hw_del(self, flow: Flow) -> None:
         assert self.hw is not None
-        if self.hw.queue_del(flow):
-            flow.flags |= F.HW_DYING
+        self.hw.queue_del(flow)
 
     def _hw_stats(self, flow: Flow) -> None:
         assert self.hw is not None
         self.hw.queue_stats(flow)
 
-    def hw_add_done(self, flow: Flow, ok: bool, *, error: str = "", table_full: bool = False,
-                    unsupported: bool = False) -> None:
-        """The offload worker finished an add (``flow_offload_work_add``). On success the switch has
-        acknowledged both directions: ``[HW_OFFLOAD]``. On failure the flow stays on the software path
-        with ``HW_REFRESH`` and a retry delay that doubles up to :attr:`RETRY_MAX_NS`."""
-        with self.lock:
-            now = self.clock()
-            if ok:
-                flow.flags = (flow.flags | F.HW_OFFLOADED) & ~F.HW_REFRESH
-                flow.retry_at = 0
-                flow.last_error = ""
-                flow.hw_packets = [0, 0]
-                flow.hw_bytes = [0, 0]
-                flow.stats_at = 0
-                flow.hw_read_at = now
-                self.counters.hw_add_ok += 1
-                self._notify("hw_offload", flow)
-            else:
-                flow.flags = (flow.flags | F.HW_REFRESH) & ~F.HW_OFFLOADED
-                flow.last_error = error
-                if unsupported:
-                    flow.flags |= F.HW_UNSUPPORTED
-                    self.counters.hw_unsupported += 1
-                elif table_full:
-                    self.counters.hw_add_table_full += 1
-                else:
-                    self.counters.hw_add_errors += 1
-                delay = min(self.RETRY_MIN_NS << min(flow.hw_retries, 16), self.RETRY_MAX_NS)
-                flow.retry_at = now + delay
-                self._notify("hw_failed", flow)
-            self._reschedule(flow, now)
+    def reschedule(self, flow: Flow, now: int | None = None) -> None:
+        """Re-file the flow in the GC wheel after its state changed outside this module (the offload engine
+        finished a work item). Call with the lock held."""
+        if flow.id in self._flows:
+            self._reschedule(flow, self.clock() if now is None else now)
 
-    def hw_del_done(self, flow: Flow, ok: bool, *, error: str = "") -> None:
-        """The offload worker finished a delete (``flow_offload_work_del``): ``HW_DEAD`` on success; on
-        failure the delete is queued again by the next GC run (the entries must not be left behind)."""
-        with self.lock:
-            now = self.clock()
-            if ok:
-                flow.flags = (flow.flags | F.HW_DEAD) & ~F.HW_OFFLOADED
-                self.counters.hw_del_ok += 1
-                self._notify("hw_removed", flow)
-            else:
-                flow.flags &= ~F.HW_DYING
-                flow.last_error = error
-                self.counters.hw_del_errors += 1
-            self._reschedule(flow, now)
-
-    def hw_stats_done(self, flow: Flow, stats: list[HwStats | None]) -> None:
-        """The offload worker read both directions' counters (``flow_offload_work_stats``).
-
-        New packets (or ``time_since_last_hit``) move the timeout to last-use plus the flow timeout and
-        are added to conntrack's accounting. A direction the switch no longer has (``None``) means the
-        flow is not really ``[HW_OFFLOAD]``: the flag goes and the add is queued again at once.
-
-        ``time_since_last_hit`` dates a hit only when it agrees with the counters: packets counted since the
-        previous read were forwarded after it (:attr:`Flow.hw_read_at`), so a last hit dated before that
-        read is wrong and the read time stands in (as for a target without the field). BMv2 is such a
-        target: PI derives the value as idle timeout minus remaining TTL, and bmv2 computes the remaining
-        TTL in 32-bit arithmetic (``ms * 1000 * 1000``), so for idle timeouts above 2^32 ns (~4.29 s) it
-        reports the true value plus a multiple of ~4.29 s (about 25.8 s too much for a 30 s timeout) and a
-        busy flow would look idle and expire counted from its last refresh, not from its last packet.
-        """
-        with self.lock:
-            now = self.clock()
-            self.counters.hw_stats_reads += 1
-            lastused = 0
-            lost = False
-            for d in (Dir.ORIGINAL, Dir.REPLY):
-                st = stats[d]
-                if st is None:
-                    lost = True
-                    flow.hw_installed &= ~(1 << d)
-                    continue
-                if flow.hw_packets[d] < 0:  # adopted entry: its history is not ours to account
-                    dp = db = 0
-                else:
-                    dp = st.packets - flow.hw_packets[d]
-                    db = st.bytes - flow.hw_bytes[d]
-                    if dp < 0 or db < 0:  # counters restarted (entry re-installed): all of it is new
-                        dp, db = st.packets, st.bytes
-                flow.hw_packets[d], flow.hw_bytes[d] = st.packets, st.bytes
-                if dp > 0:
-                    flow.conn.acct_add(d, dp, db)
-                since = st.since_last_hit_ns
-                if dp > 0:
-                    hit = now - since if since is not None else now
-                    lastused = max(lastused, hit if hit >= flow.hw_read_at else now)
-                elif since is not None and st.packets > 0:
-                    lastused = max(lastused, now - since)
-            flow.hw_read_at = now
-            if lastused:
-                flow.timeout = max(flow.timeout, lastused + flow.timeout_ns)
-                flow.stats_at = flow.timeout - (9 * flow.timeout_ns) // 10 + 1
-            if lost and flow.flags & F.HW_OFFLOADED:
-                flow.flags = (flow.flags & ~F.HW_OFFLOADED) | F.HW_REFRESH
-                self.counters.hw_entries_lost += 1
-                self._notify("hw_lost", flow)
-                if not flow.flags & (F.TEARDOWN | F.CLOSING):
-                    flow.retry_at = now
-            self._reschedule(flow, now)
-
-    def hw_final_stats(self, flow: Flow, stats: list[HwStats | None]) -> None:
-        """The last counter values of entries about to be deleted: accounting only (a closing flow's
-        deadline must not move), so ``offloadgen flows`` and conntrack keep every byte the switch forwarded."""
-        with self.lock:
-            for d in (Dir.ORIGINAL, Dir.REPLY):
-                st = stats[d]
-                if st is None or flow.hw_packets[d] < 0:
-                    continue
-                dp, db = st.packets - flow.hw_packets[d], st.bytes - flow.hw_bytes[d]
-                if dp < 0 or db < 0:
-                    dp, db = st.packets, st.bytes
-                flow.hw_packets[d], flow.hw_bytes[d] = st.packets, st.bytes
-                if dp > 0:
-                    flow.conn.acct_add(d, dp, db)
-
-    def hw_adopted(self, flow: Flow) -> None:
-        """Reconciliation found both entries on the switch as we would write them: ``[HW_OFFLOAD]``. The
-        counters' history is unknown; the first stats read takes its values as the new baseline."""
-        with self.lock:
-            if not flow.flags & F.HW:
-                return
-            flow.flags = (flow.flags | F.HW_OFFLOADED) & ~(F.HW_REFRESH | F.HW_DYING | F.HW_DEAD)
-            flow.hw_installed = 0b11
-            flow.hw_packets = [-1, -1]
-            flow.hw_bytes = [-1, -1]
-            flow.stats_at = 0
-            now = self.clock()
-            flow.hw_read_at = now
-            self._notify("hw_offload", flow)
-            self._reschedule(flow, now)
-
-    def hw_cancelled(self, flow: Flow) -> None:
-        """A queued operation was dropped without touching the switch (the flow closed meanwhile)."""
-        with self.lock:
-            flow.flags &= ~F.HW_PENDING
-            self._reschedule(flow, self.clock())
-
-    def requeue_add(self, flow: Flow) -> bool:
-        """Queue the hardware add again now (after a stats read found entries missing, or on reconcile)."""
-        with self.lock:
-            if not self.hw_enabled or not flow.flags & F.HW or flow.flags & (F.TEARDOWN | F.CLOSING | F.HW_UNSUPPORTED):
-                return False
-            return self.hw is not None and self.hw.queue_add(flow)
+    def retry_delay_ns(self, retries: int) -> int:
+        """How long a flow whose hardware add failed waits before traffic may queue it again."""
+        return min(self.RETRY_MIN_NS << min(retries, 16), self.RETRY_MAX_NS)
 
     # ------------------------------------------------------------------------- idle-timeout notices
 

@@ -8,6 +8,9 @@ last use plus the flow timeout. Differences, on purpose:
 
 - Work is batched: one ``Write`` carries the updates of many flows (BMv2 and softswitch apply batches
   continue-on-error and answer per update).
+- Stats work items are answered from one whole-table read of the counters per stats period (a
+  second), as drivers answer ``FLOW_CLS_STATS`` from a counter cache refreshed in bulk: the switch is read
+  once per period whatever the number of flows.
 - Both directions or neither: the kernel accepts a half-installed pair; here a pair whose second direction
   was refused is rolled back (the first direction deleted) and only a pair the switch acknowledged in full
   becomes ``[HW_OFFLOAD]``.
@@ -18,12 +21,21 @@ last use plus the flow timeout. Differences, on purpose:
 - A write that fails as a whole (connection lost, no longer primary) has an unknown outcome: the flow's
   entries are treated as possibly installed, so teardown deletes them and reconciliation sorts them out.
 
+The engine is the only writer of a flow's hardware state: ``HW_PENDING`` is set when a work item is
+queued (:meth:`OffloadEngine._claim`, ``nf_flow_offload_work_alloc``) and cleared once, when the work
+handler has finished the item (:meth:`OffloadEngine._work_handler`, ``flow_offload_work_handler``);
+``HW_OFFLOADED``/``HW_REFRESH``/``HW_DYING``/``HW_DEAD``/``HW_UNSUPPORTED``, ``hw_installed`` and the
+counters change only here. Counters read from the switch reach conntrack's accounting after the
+flowtable's lock is released (queued on it), so the worker never holds the flowtable's lock while waiting
+for conntrack's.
+
 The switch is reached only through the :class:`EntryWriter` and :class:`StatsReader` protocols.
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -55,14 +67,38 @@ class EntryWriter(Protocol):
     def write(self, updates: Sequence[FlowUpdate]) -> list[UpdateResult]: ...
 
 
+EntryKey = tuple[str, tuple[tuple[str, int], ...]]
+
+
+def entry_key(table: str, match: Mapping[str, object]) -> EntryKey:
+    """One entry's identity, the same for what we ask for and what the switch answers: the table's short
+    name and the exact-match fields as integers."""
+    return table.rsplit(".", 1)[-1], tuple(sorted(
+        (k, int.from_bytes(v, "big") if isinstance(v, bytes) else int(v))  # type: ignore[call-overload]
+        for k, v in match.items() if not isinstance(v, tuple)))
+
+
 class StatsReader(Protocol):
     """Reads flow-table entries' direct counters and, where supported, ``time_since_last_hit``.
 
-    Returns one :class:`HwStats` per entry, in order, or ``None`` for an entry the switch does not have.
-    Raises when the read as a whole failed.
+    Both raise when the read as a whole failed.
     """
 
-    def read_stats(self, entries: Sequence[EntryRef]) -> list[HwStats | None]: ...
+    def read_stats(self, entries: Sequence[EntryRef]) -> list[HwStats | None]:
+        """These entries now: one :class:`HwStats` per entry, in order, ``None`` for one the switch lacks."""
+        ...
+
+    def read_tables(self, tables: Sequence[str]) -> dict[EntryKey, HwStats]:
+        """Every entry of these tables, keyed by :func:`entry_key` (the bulk read of a stats period)."""
+        ...
+
+
+class Work(enum.Enum):
+    """A work item's command (``flow_offload_work->cmd``)."""
+
+    ADD = "add"  # FLOW_CLS_REPLACE
+    DEL = "del"  # FLOW_CLS_DESTROY
+    STATS = "stats"  # FLOW_CLS_STATS
 
 
 @dataclass(slots=True)
@@ -78,13 +114,22 @@ class OffloadEngine:
     """The three work queues and the worker that drains them (thread: :meth:`start`; tests: :meth:`run_once`)."""
 
     def __init__(self, flowtable: FlowTable, writer: EntryWriter, caps: PipelineCaps,
-                 reader: StatsReader | None = None, *, batch_size: int = 128) -> None:
+                 reader: StatsReader | None = None, *, batch_size: int = 128,
+                 stats_period_ns: int | None = None) -> None:
         self.ft = flowtable
         self.lock = flowtable.lock
         self.writer = writer
         self.reader = reader
         self.caps = caps
         self.batch_size = batch_size
+        #: Counters are read in bulk once per GC run, and at least once per period when work asks for them
+        #: without a GC run in between (default: the GC's stats interval, a second).
+        self.stats_period_ns = flowtable.STATS_INTERVAL_NS if stats_period_ns is None else stats_period_ns
+        # The last bulk read (worker thread only): counters by entry, when the read started (entries
+        # installed before are in it) and when it answered (time_since_last_hit counts back from there).
+        self._counters: dict[EntryKey, HwStats] = {}
+        self._counters_from = -1
+        self._counters_at = -1
         self._add_q: collections.deque[Flow] = collections.deque()
         self._del_q: collections.deque[Flow] = collections.deque()
         self._stats_q: collections.deque[Flow] = collections.deque()
@@ -123,17 +168,21 @@ class OffloadEngine:
         return True
 
     def queue_add(self, flow: Flow) -> bool:
+        """``nf_flow_offload_add``; a queued add is the refresh ``HW_REFRESH`` asked for."""
         with self.lock:
             if not self._claim(flow):
                 return False
+            flow.flags &= ~F.HW_REFRESH
             self._add_q.append(flow)
         self._wake.set()
         return True
 
     def queue_del(self, flow: Flow) -> bool:
+        """``nf_flow_offload_del``: ``HW_DYING`` from now until the entries are gone (or the delete failed)."""
         with self.lock:
             if not self._claim(flow):
                 return False
+            flow.flags |= F.HW_DYING
             self._del_q.append(flow)
         self._wake.set()
         return True
@@ -205,15 +254,34 @@ class OffloadEngine:
             dels = self._pop(self._del_q) if writable else []
             adds = self._pop(self._add_q) if writable else []
             stats = self._pop(self._stats_q)
-        if dels:
-            self._work_del(dels)
-        if adds:
-            self._work_add(adds)
-        if stats:
-            self._work_stats(stats)
+        for kind, flows in ((Work.DEL, dels), (Work.ADD, adds), (Work.STATS, stats)):
+            if flows:
+                self._work_handler(kind, flows)
         if writable:
             self._work_orphans()
         return len(dels) + len(adds) + len(stats)
+
+    def _work_handler(self, kind: Work, flows: list[Flow]) -> None:
+        """``flow_offload_work_handler`` for a batch of one kind: do the work, then clear each flow's
+        ``HW_PENDING`` -- the one place it is cleared, whatever the outcome (even an exception) -- and let
+        the GC look at the flow again. A stats read that found the entries gone queues the add after that,
+        as a new work item."""
+        requeue: list[Flow] = []
+        try:
+            if kind is Work.ADD:
+                self._work_add(flows)
+            elif kind is Work.DEL:
+                self._work_del(flows)
+            else:
+                requeue = self._work_stats(flows)
+        finally:
+            with self.lock:
+                now = self.ft.clock()
+                for flow in flows:
+                    flow.flags &= ~F.HW_PENDING
+                    self.ft.reschedule(flow, now)
+                for flow in requeue:
+                    self._requeue_add(flow)
 
     def _pop(self, q: collections.deque[Flow]) -> list[Flow]:
         out: list[Flow] = []
@@ -238,19 +306,19 @@ class OffloadEngine:
             return f"write answered {len(results)} results for {len(updates)} updates"
         return list(results)
 
+    # ------------------------------------------------------------------------ add / del / stats work
+
     def _work_add(self, flows: list[Flow]) -> None:
         """``flow_offload_work_add``, batched, with pair semantics (see the module docstring)."""
         plan: list[tuple[Flow, list[FlowUpdate]]] = []
         with self.lock:
             for flow in flows:
                 if flow.flags & (F.TEARDOWN | F.CLOSING):
-                    self.ft.hw_cancelled(flow)  # closed while queued; the GC takes it from here
-                    continue
+                    continue  # closed while queued: nothing to write, the GC takes it from here
                 try:
                     ups = [entry_for(d.tuple, d.rewrite, self.caps, flow.timeout_ns) for d in flow.dirs]
                 except Unsupported as exc:
-                    flow.flags &= ~F.HW_PENDING
-                    self.ft.hw_add_done(flow, False, error=str(exc), unsupported=True)
+                    self._add_done(flow, False, error=str(exc), unsupported=True)
                     continue
                 plan.append((flow, ups))
         if not plan:
@@ -261,8 +329,7 @@ class OffloadEngine:
             with self.lock:
                 for flow, _ in plan:
                     flow.hw_installed |= 0b11  # unknown outcome: maybe there
-                    flow.flags &= ~F.HW_PENDING
-                    self.ft.hw_add_done(flow, False, error=answer)
+                    self._add_done(flow, False, error=answer)
             return
 
         # Per direction: OK, refused (code), or ALREADY_EXISTS -> MODIFY in a second batch.
@@ -285,8 +352,7 @@ class OffloadEngine:
                     if ok[d]:
                         flow.hw_installed |= 1 << d
                 if all(ok):
-                    flow.flags &= ~F.HW_PENDING
-                    self.ft.hw_add_done(flow, True)
+                    self._add_done(flow, True)
                     continue
                 bad = next(codes[i][d] for d in (0, 1) if not ok[d])
                 if any(ok):
@@ -295,22 +361,51 @@ class OffloadEngine:
                         if ok[d]:
                             rollback.append((flow, d, ups[d].with_op(Op.DELETE)))
                 error = f"{Dir(next(d for d in (0, 1) if not ok[d])).name.lower()}: {bad.code.name} {bad.message}".strip()
-                flow.flags &= ~F.HW_PENDING
-                self.ft.hw_add_done(flow, False, error=error, table_full=bad.code in TABLE_FULL_CODES)
+                self._add_done(flow, False, error=error, table_full=bad.code in TABLE_FULL_CODES)
         if rollback:
             ranswer = self._write([r[2] for r in rollback])
             with self.lock:
                 for j, (flow, d, upd) in enumerate(rollback):
                     res = UpdateResult(Code.UNKNOWN, ranswer) if isinstance(ranswer, str) else ranswer[j]
-                    if res.ok or res.code is Code.NOT_FOUND:
-                        flow.hw_installed &= ~(1 << d)
-                    else:
+                    flow.hw_installed &= ~(1 << d)
+                    if not (res.ok or res.code is Code.NOT_FOUND):
                         # Still on the switch and not ours any more: delete it on later runs.
-                        flow.hw_installed &= ~(1 << d)
                         self._orphans[upd.key()] = upd
 
+    def _add_done(self, flow: Flow, ok: bool, *, error: str = "", table_full: bool = False,
+                  unsupported: bool = False) -> None:
+        """The result of an add (lock held). On success the switch has acknowledged both directions:
+        ``[HW_OFFLOAD]``. On failure the flow stays on the software path with ``HW_REFRESH`` and a retry
+        delay that doubles up to ``FlowTable.RETRY_MAX_NS``."""
+        ft = self.ft
+        now = ft.clock()
+        if ok:
+            flow.flags = (flow.flags | F.HW_OFFLOADED) & ~F.HW_REFRESH
+            flow.retry_at = 0
+            flow.last_error = ""
+            flow.hw_packets = [0, 0]
+            flow.hw_bytes = [0, 0]
+            flow.stats_at = 0
+            flow.hw_read_at = now
+            ft.counters.hw_add_ok += 1
+            ft.notify("hw_offload", flow)
+            return
+        flow.flags = (flow.flags | F.HW_REFRESH) & ~F.HW_OFFLOADED
+        flow.last_error = error
+        if unsupported:
+            flow.flags |= F.HW_UNSUPPORTED
+            ft.counters.hw_unsupported += 1
+        elif table_full:
+            ft.counters.hw_add_table_full += 1
+        else:
+            ft.counters.hw_add_errors += 1
+        flow.retry_at = now + ft.retry_delay_ns(flow.hw_retries)
+        ft.notify("hw_failed", flow)
+
     def _work_del(self, flows: list[Flow]) -> None:
-        """``flow_offload_work_del``: delete whichever directions may be installed; NOT_FOUND counts as done."""
+        """``flow_offload_work_del``: read the counters a last time, then delete whichever directions may be
+        installed; NOT_FOUND counts as done. ``HW_DEAD`` once nothing is left; on failure ``HW_DYING`` goes
+        so the next GC run queues the delete again (the entries must not be left behind)."""
         plan: list[tuple[Flow, int, FlowUpdate]] = []
         with self.lock:
             for flow in flows:
@@ -318,17 +413,19 @@ class OffloadEngine:
                     if flow.hw_installed & (1 << d):
                         plan.append((flow, d, delete_for(flow.dirs[d].tuple, self.caps)))
             offloaded = [f for f in flows if f.flags & F.HW_OFFLOADED and f.hw_installed == 0b11]
+            refs = [match_of(f.dirs[d].tuple, self.caps) for f in offloaded for d in (0, 1)]
         if offloaded and self.reader is not None:
-            # Read the counters one last time: what the switch forwarded since the previous read would
-            # otherwise be lost from the flow's and conntrack's accounting.
+            # What the switch forwarded since the previous read would otherwise be lost from the flow's and
+            # conntrack's accounting. Accounting only: a closing flow's deadline must not move.
             try:
-                refs = [match_of(f.dirs[d].tuple, self.caps) for f in offloaded for d in (0, 1)]
                 stats = self.reader.read_stats(refs)
-                if len(stats) == len(refs):
-                    for i, f in enumerate(offloaded):
-                        self.ft.hw_final_stats(f, [stats[2 * i], stats[2 * i + 1]])
             except Exception as exc:
                 log.debug("final counter read before delete failed: %s", exc)
+            else:
+                if len(stats) == len(refs):
+                    with self.lock:
+                        for i, f in enumerate(offloaded):
+                            self._account(f, [stats[2 * i], stats[2 * i + 1]])
         answer = self._write([p[2] for p in plan])
         errors: dict[int, str] = {}
         with self.lock:
@@ -339,32 +436,147 @@ class OffloadEngine:
                 else:
                     errors[flow.id] = f"delete {Dir(d).name.lower()}: {res.code.name} {res.message}".strip()
             for flow in flows:
-                flow.flags &= ~F.HW_PENDING
-                self.ft.hw_del_done(flow, flow.hw_installed == 0, error=errors.get(flow.id, ""))
+                if flow.hw_installed == 0:
+                    flow.flags = (flow.flags | F.HW_DEAD) & ~F.HW_OFFLOADED
+                    self.ft.counters.hw_del_ok += 1
+                    self.ft.notify("hw_removed", flow)
+                else:
+                    flow.flags &= ~F.HW_DYING
+                    flow.last_error = errors.get(flow.id, "")
+                    self.ft.counters.hw_del_errors += 1
 
-    def _work_stats(self, flows: list[Flow]) -> None:
-        """``flow_offload_work_stats``: read both directions of each flow in one request."""
+    def _account(self, flow: Flow, stats: Sequence[HwStats | None]) -> list[int]:
+        """Take new counter values (lock held): returns the packets that are new per direction and queues
+        them for conntrack's accounting (``nf_ct_acct_add``), which runs once the lock is released. An
+        adopted entry's first values are only the baseline; counters that went down were restarted (the
+        entry was re-installed): all of it is new."""
+        new = [0, 0]
+        for d in (Dir.ORIGINAL, Dir.REPLY):
+            st = stats[d]
+            if st is None:
+                continue
+            if flow.hw_packets[d] < 0:
+                dp = db = 0
+            else:
+                dp, db = st.packets - flow.hw_packets[d], st.bytes - flow.hw_bytes[d]
+                if dp < 0 or db < 0:
+                    dp, db = st.packets, st.bytes
+            flow.hw_packets[d], flow.hw_bytes[d] = st.packets, st.bytes
+            if dp > 0:
+                self.lock.defer(flow.conn.acct_add, d, dp, db)
+                new[d] = dp
+        return new
+
+    def _bulk_read(self) -> bool:
+        """The counters of every flow-table entry, read whole-table once per stats period: after each GC
+        run (which queues the period's stats work), or when a period has passed without one (drivers do
+        the same: mlx5 refreshes its flow-counter cache in bulk on one cadence and answers
+        ``FLOW_CLS_STATS`` from it). False when there is no current read (it failed)."""
         assert self.reader is not None
-        refs: list[EntryRef] = []
-        with self.lock:
-            for flow in flows:
-                refs.extend(match_of(d.tuple, self.caps) for d in flow.dirs)
+        now = self.ft.clock()
+        taken = self._counters_from
+        if taken >= 0 and taken >= self.ft.gc_at and now - taken < self.stats_period_ns:
+            return True
+        cost = self._counters_at - taken
+        if taken >= 0 and cost > self.stats_period_ns and now - self._counters_at < cost:
+            # The last read took longer than a period (a big table on a slow switch): wait as long as it
+            # took before the next, so reading never takes more than half the worker's time from the
+            # adds and deletes. Flows asked about meanwhile are answered from the last read.
+            return True
+        tables = sorted(set(self.caps.tables.values()))
         try:
-            stats = self.reader.read_stats(refs)
-            if len(stats) != len(refs):
-                raise ValueError(f"read answered {len(stats)} results for {len(refs)} entries")
+            counters = self.reader.read_tables(tables)
         except Exception as exc:
-            log.warning("flow stats read of %d entries failed: %s", len(refs), exc)
-            with self.lock:
-                for flow in flows:
-                    flow.flags &= ~F.HW_PENDING
-            return
+            log.warning("reading the flow tables' counters failed: %s", exc)
+            return False
+        self._counters, self._counters_from, self._counters_at = counters, now, self.ft.clock()
         with self.lock:
-            for i, flow in enumerate(flows):
-                flow.flags &= ~F.HW_PENDING
-                self.ft.hw_stats_done(flow, [stats[2 * i], stats[2 * i + 1]])
-                if not flow.flags & F.HW_OFFLOADED and flow.flags & F.HW_REFRESH and flow.retry_at <= self.ft.clock():
-                    self.ft.requeue_add(flow)
+            self.ft.counters.hw_stats_passes += 1
+        return True
+
+    def _work_stats(self, flows: list[Flow]) -> list[Flow]:
+        """``flow_offload_work_stats``, answered from the stats period's bulk read (:meth:`_bulk_read`), so
+        the switch is read once per period however many flows the GC asks about. Returns the flows whose
+        entries turned out missing and whose add may be queued again now.
+
+        A flow whose counters were taken at or after that read (its entries were installed, or it was read,
+        since) has nothing newer in it and is left as it is; the GC asks again in the next period.
+
+        New packets (or ``time_since_last_hit``) move the timeout to last use plus the flow timeout and are
+        added to conntrack's accounting. A direction the read does not have means the flow is not really
+        ``[HW_OFFLOAD]``: the flag goes and the add is queued again at once.
+
+        ``time_since_last_hit`` dates a hit only when it agrees with the counters: packets counted since the
+        previous read were forwarded after it (:attr:`Flow.hw_read_at`), so a last hit dated before that
+        read is wrong and the read time stands in (as for a target without the field). BMv2 is such a
+        target: PI derives the value as idle timeout minus remaining TTL, and bmv2 computes the remaining
+        TTL in 32-bit arithmetic (``ms * 1000 * 1000``), so for idle timeouts above 2^32 ns (~4.29 s) it
+        reports the true value plus a multiple of ~4.29 s (about 25.8 s too much for a 30 s timeout) and a
+        busy flow would look idle and expire counted from its last refresh, not from its last packet.
+        """
+        if not self._bulk_read():
+            return []
+        requeue: list[Flow] = []
+        counters, taken, at = self._counters, self._counters_from, self._counters_at
+        with self.lock:
+            ft = self.ft
+            for flow in flows:
+                if flow.hw_read_at < taken:
+                    self._take_counters(flow, [counters.get(entry_key(*match_of(d.tuple, self.caps)))
+                                               for d in flow.dirs], at)
+                if not flow.flags & F.HW_OFFLOADED and flow.flags & F.HW_REFRESH and flow.retry_at <= ft.clock():
+                    requeue.append(flow)
+        return requeue
+
+    def _take_counters(self, flow: Flow, pair: list[HwStats | None], at: int) -> None:
+        """One flow's counters from a read answered at ``at`` (lock held)."""
+        ft = self.ft
+        ft.counters.hw_stats_reads += 1
+        new = self._account(flow, pair)
+        lastused = 0
+        for d in (Dir.ORIGINAL, Dir.REPLY):
+            st = pair[d]
+            if st is None:
+                flow.hw_installed &= ~(1 << d)
+                continue
+            since = st.since_last_hit_ns
+            if new[d] > 0:
+                hit = at - since if since is not None else at
+                lastused = max(lastused, hit if hit >= flow.hw_read_at else at)
+            elif since is not None and st.packets > 0:
+                lastused = max(lastused, at - since)
+        flow.hw_read_at = at
+        if lastused and not flow.flags & (F.CLOSING | F.TEARDOWN):  # a closing flow's deadline stays
+            flow.timeout = max(flow.timeout, lastused + flow.timeout_ns)
+            flow.stats_at = flow.timeout - (9 * flow.timeout_ns) // 10 + 1
+        if None in pair and flow.flags & F.HW_OFFLOADED:
+            flow.flags = (flow.flags & ~F.HW_OFFLOADED) | F.HW_REFRESH
+            ft.counters.hw_entries_lost += 1
+            ft.notify("hw_lost", flow)
+            if not flow.flags & (F.TEARDOWN | F.CLOSING):
+                flow.retry_at = ft.clock()
+
+    def _requeue_add(self, flow: Flow) -> bool:
+        """Queue the hardware add again now (entries found missing, or a reinstall on reconcile); lock held."""
+        ft = self.ft
+        if not ft.hw_enabled or not flow.flags & F.HW or flow.flags & (F.TEARDOWN | F.CLOSING | F.HW_UNSUPPORTED):
+            return False
+        return self.queue_add(flow)
+
+    def _adopt(self, flow: Flow) -> None:
+        """Reconciliation found both entries on the switch as we would write them: ``[HW_OFFLOAD]``. The
+        counters' history is unknown; the first stats read takes its values as the new baseline."""
+        if not flow.flags & F.HW:
+            return
+        flow.flags = (flow.flags | F.HW_OFFLOADED) & ~(F.HW_REFRESH | F.HW_DYING | F.HW_DEAD)
+        flow.hw_installed = 0b11
+        flow.hw_packets = [-1, -1]
+        flow.hw_bytes = [-1, -1]
+        flow.stats_at = 0
+        now = self.ft.clock()
+        flow.hw_read_at = now
+        self.ft.notify("hw_offload", flow)
+        self.ft.reschedule(flow, now)
 
     def _work_orphans(self) -> None:
         with self.lock:
@@ -395,12 +607,12 @@ class OffloadEngine:
                 for upd in plan.delete:
                     self._orphans[upd.key()] = upd
             for flow in plan.adopt:
-                self.ft.hw_adopted(flow)
+                self._adopt(flow)
             for flow in plan.reinstall:
                 flow.flags = (flow.flags & ~F.HW_OFFLOADED) | F.HW_REFRESH
                 flow.hw_installed |= 0b11  # whatever is there gets replaced (ALREADY_EXISTS -> MODIFY) or deleted
                 flow.retry_at = 0
-                self.ft.requeue_add(flow)
+                self._requeue_add(flow)
         return answer
 
     # ------------------------------------------------------------------------------------ thread

@@ -10,7 +10,7 @@ continue-on-error ``Write``, counters and ``time_since_last_hit`` from a ``Read`
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from p4.v1 import p4runtime_pb2
 
@@ -19,13 +19,14 @@ from ..entities import TableEntry, update
 from ..errors import P4RuntimeError
 from .core import HwStats
 from .model import FlowTuple
-from .offload import EntryRef
+from .offload import EntryKey, EntryRef, entry_key
 from .p4map import Code, FlowUpdate, PipelineCaps, SwitchEntry, UpdateResult, tuple_of
 
 log = logging.getLogger(__name__)
 
-#: Above this many entries, one read of the whole table is cheaper than one read entity per entry.
-SINGLE_READ_LIMIT = 64
+#: Entries named in one per-entry Read request; more are read in several such requests (a whole-table read
+#: costs the table's size, not the request's, so it is kept for the stats period's bulk read).
+SINGLE_READ_LIMIT = 256
 
 
 def _short(name: str) -> str:
@@ -72,37 +73,39 @@ class P4RuntimeWriter:
         return results
 
 
+def _stats(e: TableEntry) -> HwStats:
+    c = e.counter
+    return HwStats(c.packets if c else 0, c.bytes if c else 0, e.time_since_last_hit_ns)
+
+
 class P4RuntimeReader:
     """:class:`~runtime.flowtable.offload.StatsReader`: direct counters and ``time_since_last_hit``.
 
-    A few entries are read one by one in a single request; many, or a request the switch refuses because
-    one of the keys is gone (BMv2 fails the whole read with NOT_FOUND), fall back to reading the tables.
+    :meth:`read_tables` is the stats period's bulk read: one wildcard Read per flow table with
+    ``counter_data`` (and ``time_since_last_hit`` where the table has idle timeouts), whatever the number of
+    flows. :meth:`read_stats` (the last counters of entries about to be deleted) names the entries, up to
+    :data:`SINGLE_READ_LIMIT` per request; a request the switch refuses because one of the keys is gone
+    (BMv2 fails the whole read with NOT_FOUND) falls back to reading the tables.
     """
 
     def __init__(self, client: SwitchClient, caps: PipelineCaps) -> None:
         self.client = client
         self.caps = caps
 
+    def read_tables(self, tables: Sequence[str]) -> dict[EntryKey, HwStats]:
+        return {entry_key(e.table, e.match): _stats(e) for table in tables for e in self._read_table(table)}
+
     def read_stats(self, entries: Sequence[EntryRef]) -> list[HwStats | None]:
         if not entries:
             return []
-        found: dict[_Key, TableEntry] | None = None
-        if len(entries) <= SINGLE_READ_LIMIT:
-            try:
-                found = {_key(e.table, e.match): e for e in self._read_each(entries)}
-            except P4RuntimeError as exc:
-                log.debug("per-entry read failed (%s); reading the whole tables", exc)
-        if found is None:
-            found = {_key(e.table, e.match): e for table in {t for t, _ in entries} for e in self._read_table(table)}
-        out: list[HwStats | None] = []
-        for table, match in entries:
-            hit = found.get(_key(table, match))
-            if hit is None:
-                out.append(None)
-                continue
-            c = hit.counter
-            out.append(HwStats(c.packets if c else 0, c.bytes if c else 0, hit.time_since_last_hit_ns))
-        return out
+        found: dict[EntryKey, TableEntry] = {}
+        try:
+            for i in range(0, len(entries), SINGLE_READ_LIMIT):
+                found.update((entry_key(e.table, e.match), e) for e in self._read_each(entries[i:i + SINGLE_READ_LIMIT]))
+        except P4RuntimeError as exc:
+            log.debug("per-entry read failed (%s); reading the whole tables", exc)
+            found = {entry_key(e.table, e.match): e for table in {t for t, _ in entries} for e in self._read_table(table)}
+        return [None if (hit := found.get(entry_key(table, match))) is None else _stats(hit) for table, match in entries]
 
     def _read_each(self, entries: Sequence[EntryRef]) -> list[TableEntry]:
         p4info = self.client.p4info
@@ -125,15 +128,6 @@ class P4RuntimeReader:
             te.time_since_last_hit.SetInParent()
         ents = self.client.read([p4runtime_pb2.Entity(table_entry=te)])
         return [TableEntry.decode(e.table_entry, p4info) for e in ents if e.HasField("table_entry")]
-
-
-_Key = tuple[str, tuple[tuple[str, int], ...]]
-
-
-def _key(table: str, match: Mapping[str, object]) -> _Key:
-    """One entry's identity, the same for what we asked for and what the switch answered."""
-    return _short(table), tuple(sorted((k, int.from_bytes(v, "big") if isinstance(v, bytes) else int(v))  # type: ignore[call-overload]
-                                       for k, v in match.items() if not isinstance(v, tuple)))
 
 
 def read_flow_entries(client: SwitchClient, caps: PipelineCaps, *, counters: bool = False) -> list[TableEntry]:

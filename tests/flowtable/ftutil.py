@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from runtime.actions import route_actions
 from runtime.flowtable.core import FlowDirection, FlowTable, HwStats
 from runtime.flowtable.model import NS, Dir, FlowTuple
-from runtime.flowtable.offload import OffloadEngine
+from runtime.flowtable.offload import EntryKey, OffloadEngine, entry_key
 from runtime.flowtable.p4map import Code, FlowUpdate, Op, PipelineCaps, SwitchEntry, UpdateResult
 from runtime.flowtable.policy import FlowtableConfig
 
@@ -69,6 +69,7 @@ class FakeSwitch:
         self.entries: dict[Key, _Entry] = {}
         self.batches: list[list[FlowUpdate]] = []
         self.reads: list[int] = []
+        self.table_reads: list[tuple[str, ...]] = []
         self.reject: Callable[[FlowUpdate], UpdateResult | None] | None = None
         self.fail_next: Exception | None = None
 
@@ -108,13 +109,23 @@ class FakeSwitch:
                     out.append(UpdateResult(Code.OK))
         return out
 
+    def stats_of(self, e: _Entry) -> HwStats:
+        """An entry's counters and time_since_last_hit as the switch reports them now."""
+        return HwStats(e.packets, e.bytes, self.clock() - e.last_hit)
+
     def read_stats(self, entries: Sequence[tuple[str, Mapping[str, int | bytes]]]) -> list[HwStats | None]:
+        """Per-entry reads (counted in ``reads``: the number of entries named)."""
         self.reads.append(len(entries))
         out: list[HwStats | None] = []
         for table, match in entries:
             e = self.entries.get((table, tuple(sorted(match.items()))))
-            out.append(None if e is None else HwStats(e.packets, e.bytes, self.clock() - e.last_hit))
+            out.append(None if e is None else self.stats_of(e))
         return out
+
+    def read_tables(self, tables: Sequence[str]) -> dict[EntryKey, HwStats]:
+        """Whole-table reads (counted in ``table_reads``)."""
+        self.table_reads.append(tuple(tables))
+        return {entry_key(t, dict(m)): self.stats_of(e) for (t, m), e in self.entries.items() if t in tables}
 
     def hit(self, t: FlowTuple, packets: int = 1, nbytes: int = 100) -> None:
         """Traffic through the entry keyed by ``t`` now."""

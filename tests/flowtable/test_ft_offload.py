@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
-from ftutil import FakeClock, FakeConn, FakeSwitch, make_table, nat_tuples, offer
+from ftutil import FakeClock, FakeConn, FakeSwitch, _Entry, make_table, nat_tuples, offer
 
 from runtime.flowtable.core import Flow, FlowTable, HwStats, IdleVerdict
 from runtime.flowtable.model import NS, Dir, FlowFlag
@@ -202,7 +203,7 @@ def test_stats_read_only_below_90_percent_and_extends_on_traffic() -> None:
     ft.gc()
     assert eng.depths().wq_stats == 1
     eng.run_once()
-    assert sw.reads == [2]
+    assert len(sw.table_reads) == 1 and sw.reads == [], "one bulk read of the flow tables, no per-entry read"
     assert flow.timeout == start + 30 * NS, "no traffic: no extension"
     sw.hit(flow.dirs[1].tuple, packets=10, nbytes=1000)
     hit_at = clock.now
@@ -228,18 +229,14 @@ class Bmv2TtlSwitch(FakeSwitch):
     """``time_since_last_hit`` as BMv2 + PI report it: PI answers idle timeout minus the remaining TTL, and
     bmv2 computes the remaining TTL as ``uint32 ms * 1000 * 1000``, i.e. modulo 2^32 ns."""
 
-    def read_stats(self, entries: Sequence[tuple[str, Mapping[str, int | bytes]]]) -> list[HwStats | None]:
-        out: list[HwStats | None] = []
-        for st, (table, match) in zip(super().read_stats(entries), entries, strict=True):
-            if st is None or st.since_last_hit_ns is None:
-                out.append(st)
-                continue
-            timeout_ms = self.entries[(table, tuple(sorted(match.items())))].entry.idle_timeout_ns // 1_000_000
-            since_ms = st.since_last_hit_ns // 1_000_000
-            remaining_ns = ((timeout_ms - since_ms) * 1000 * 1000) % 2**32 if timeout_ms > since_ms else 0
-            timeout_ns = timeout_ms * 1_000_000
-            out.append(HwStats(st.packets, st.bytes, timeout_ns - remaining_ns if timeout_ns >= remaining_ns else 0))
-        return out
+    def stats_of(self, e: _Entry) -> HwStats:
+        st = super().stats_of(e)
+        assert st.since_last_hit_ns is not None
+        timeout_ms = e.entry.idle_timeout_ns // 1_000_000
+        since_ms = st.since_last_hit_ns // 1_000_000
+        remaining_ns = ((timeout_ms - since_ms) * 1000 * 1000) % 2**32 if timeout_ms > since_ms else 0
+        timeout_ns = timeout_ms * 1_000_000
+        return HwStats(st.packets, st.bytes, timeout_ns - remaining_ns if timeout_ns >= remaining_ns else 0)
 
 
 @pytest.mark.parametrize("switch_cls", [FakeSwitch, Bmv2TtlSwitch])
@@ -336,3 +333,100 @@ def test_unsupported_actions_stay_software() -> None:
     clock.advance(5)
     ft.refresh(flow)
     assert eng.depths().wq_add == 0, "never retried"
+
+
+def test_counters_cost_one_bulk_read_per_period_whatever_the_number_of_flows() -> None:
+    """300 flows in the last 90 % of their timeout: every GC run asks about all of them, the switch is read
+    once per period (one whole-table pass), and each flow's counters still reach the flow and conntrack."""
+    clock = FakeClock()
+    ft, eng, sw = make_table(clock)
+    conns = [FakeConn() for _ in range(300)]
+    flows = [offer(ft, sport=2000 + i, conn=c)[1] for i, c in enumerate(conns)]
+    while eng.run_once():
+        pass
+    assert all(isinstance(f, Flow) and f.hw_offloaded for f in flows)
+    busy = flows[7]
+    assert isinstance(busy, Flow)
+    for period in range(3):
+        clock.advance(4 if period == 0 else 1)  # into the last 90 %, then one GC period after another
+        if period == 1:
+            sw.hit(busy.dirs[0].tuple, packets=5, nbytes=500)
+            hit_at = clock.now
+        ft.gc()
+        # the 90 % rule keeps its meaning: once traffic moved the busy flow's timeout it is not read for a while
+        assert eng.depths().wq_stats == (299 if period == 2 else 300)
+        while eng.run_once():
+            pass
+        assert len(sw.table_reads) == period + 1, "one bulk read per period"
+    assert sw.reads == [], "no per-entry reads for the periodic stats"
+    assert ft.counters.hw_stats_passes == 3 and ft.counters.hw_stats_reads == 3 * 300 - 1
+    assert conns[7].acct == [(Dir.ORIGINAL, 5, 500)]
+    assert busy.timeout == hit_at + 30 * NS, "traffic moves the timeout as a per-flow read did"
+    # the last counters of deleted entries are read per entry, for those entries only
+    sw.hit(busy.dirs[1].tuple, packets=2, nbytes=200)
+    ft.mark_closing(busy)
+    eng.run_once()
+    assert sw.reads == [2] and conns[7].acct[-1] == (Dir.REPLY, 2, 200)
+
+
+def test_an_entry_installed_after_the_bulk_read_is_not_taken_for_lost() -> None:
+    clock = FakeClock()
+    ft, eng, sw, _, _ = _hw_flow(clock)
+    clock.advance(4)
+    ft.gc()
+    eng.run_once()  # the period's bulk read
+    assert len(sw.table_reads) == 1
+    _, second = offer(ft, sport=41000)
+    assert isinstance(second, Flow)
+    eng.run_once()  # installed after the read
+    assert second.hw_offloaded
+    assert eng.queue_stats(second)  # asked about in the same period: the read does not know its entries yet
+    eng.run_once()
+    assert second.hw_offloaded and ft.counters.hw_entries_lost == 0 and len(sw.table_reads) == 1
+    clock.advance(1)
+    sw.hit(second.dirs[0].tuple, packets=3, nbytes=300)
+    assert eng.queue_stats(second)
+    eng.run_once()  # next period: a new read that has it
+    assert len(sw.table_reads) == 2 and second.hw_packets[0] == 3 and second.hw_offloaded
+
+
+def test_a_failed_bulk_read_changes_nothing_and_is_tried_again() -> None:
+    clock = FakeClock()
+    ft, eng, sw, flow, _ = _hw_flow(clock)
+
+    def broken(tables: Sequence[str]) -> dict[Any, HwStats]:
+        raise ConnectionError("switch gone")
+
+    sw.read_tables = broken  # type: ignore[method-assign]
+    clock.advance(4)
+    ft.gc()
+    eng.run_once()
+    assert flow.hw_offloaded and not flow.flags & F.HW_PENDING and ft.counters.hw_stats_passes == 0
+    del sw.read_tables  # the switch answers again
+    clock.advance(1)
+    ft.gc()
+    eng.run_once()
+    assert ft.counters.hw_stats_passes == 1 and ft.counters.hw_stats_reads == 1
+
+
+def test_a_slow_bulk_read_is_not_repeated_before_as_long_again_has_passed() -> None:
+    """A switch that needs 3 s to read the table is not read on every GC run: after a read the worker
+    waits as long as the read took, answering from the last read meanwhile, so adds and deletes go on."""
+    clock = FakeClock()
+    ft, eng, sw, flow, _ = _hw_flow(clock)
+    read_tables = sw.read_tables
+
+    def slow(tables: Sequence[str]) -> dict[Any, HwStats]:
+        clock.advance(3)
+        return read_tables(tables)
+
+    sw.read_tables = slow  # type: ignore[method-assign]
+    clock.advance(4)
+    passes = []
+    for _ in range(8):
+        ft.gc()
+        eng.run_once()
+        passes.append(ft.counters.hw_stats_passes)
+        clock.advance(1)
+    assert passes == [1, 1, 1, 2, 2, 2, 3, 3], "a read at most every 3 s after the last ended"
+    assert flow.hw_offloaded and ft.counters.hw_entries_lost == 0

@@ -2,11 +2,13 @@
 
 Shared by the integration tests (test_router_integration.py, test_flowtable_integration.py). The programs
 are plain Python so a test host needs nothing but the interpreter: a TCP sink that answers with the peer
-address, byte count and SHA-256 it saw, a client that sends random bytes (optionally paced), and a UDP echo.
+address, byte count and SHA-256 it saw, a client that sends random bytes (optionally paced), a UDP echo, and a
+server and client for many connections opened and closed at once (selectors, one process each).
 """
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 import time
@@ -77,6 +79,110 @@ for i in range(int(sys.argv[3])):
     time.sleep(float(sys.argv[4]))
 print("\n".join(answers))
 """
+
+MANY_SERVER = r"""
+import resource, selectors, socket, sys
+# host port: accept any number of TCP connections at once; answer each read with "ok", close when the peer does
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+sel = selectors.DefaultSelector()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(4096); s.setblocking(False)
+sel.register(s, selectors.EVENT_READ)
+print("ready", flush=True)
+while True:
+    for key, _ in sel.select():
+        c = key.fileobj
+        if c is s:
+            try:
+                c, _ = s.accept()
+            except BlockingIOError:
+                continue
+            c.setblocking(False); sel.register(c, selectors.EVENT_READ)
+            continue
+        try:
+            b = c.recv(4096)
+        except BlockingIOError:
+            continue
+        except OSError:
+            b = b""
+        if b:
+            c.send(b"ok\n")
+        else:
+            sel.unregister(c); c.close()
+"""
+
+MANY_CLIENT = r"""
+import errno, resource, selectors, signal, socket, sys, time
+# host port count [parallel]: in rounds, each started by SIGUSR1 (the first at once): open count connections
+# (at most parallel handshakes at a time), say "hi" and read "ok" on each, print "open <n>"; on the next
+# SIGUSR1 shut all of them down at once (a FIN each), wait for the peer's close, print "closed <n>"
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+parallel = int(sys.argv[4]) if len(sys.argv) > 4 else 100
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+
+def open_all():
+    sel = selectors.DefaultSelector(); ready = []; started = 0; busy = 0
+    deadline = time.monotonic() + 120
+    while (started < count or busy) and time.monotonic() < deadline:
+        while started < count and busy < parallel:
+            c = socket.socket(); c.setblocking(False)
+            err = c.connect_ex((host, port))
+            if err not in (0, errno.EINPROGRESS):
+                c.close(); started += 1; continue
+            sel.register(c, selectors.EVENT_WRITE, "connecting"); started += 1; busy += 1
+        for key, _ in sel.select(1.0):
+            c = key.fileobj
+            if key.data == "connecting":
+                if c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    sel.unregister(c); c.close(); busy -= 1; continue
+                c.send(b"hi\n"); sel.modify(c, selectors.EVENT_READ, "answer")
+            else:
+                sel.unregister(c); busy -= 1
+                try:
+                    ok = c.recv(16) == b"ok\n"
+                except OSError:
+                    ok = False
+                (ready.append(c) if ok else c.close())
+    return ready
+
+def close_all(conns):
+    for c in conns:
+        c.shutdown(socket.SHUT_WR)
+    sel = selectors.DefaultSelector(); done = 0
+    for c in conns:
+        sel.register(c, selectors.EVENT_READ)
+    deadline = time.monotonic() + 60
+    while done < len(conns) and time.monotonic() < deadline:
+        for key, _ in sel.select(1.0):
+            try:
+                b = key.fileobj.recv(16)
+            except OSError:
+                b = b""
+            if not b:
+                sel.unregister(key.fileobj); done += 1
+    for c in conns:
+        c.close()
+    return done
+
+while True:
+    conns = open_all()
+    print("open", len(conns), flush=True)
+    signal.sigwait({signal.SIGUSR1})
+    print("closed", close_all(conns), flush=True)
+    signal.sigwait({signal.SIGUSR1})
+"""
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float, what: str) -> str:
+    """The next line a host app prints, waiting at most ``timeout`` (it prints one line per step)."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return proc.stdout.readline()
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
