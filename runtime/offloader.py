@@ -118,6 +118,7 @@ class Offloader:
             vlans = {}
         self.caps = dataclasses.replace(self.caps, port_vlans=vlans)
         self.fast.pipeline_vlans = dict(vlans)
+        self.slowpath.port_vlans = dict(vlans)
         self.engine = OffloadEngine(self.ft, P4RuntimeWriter(self.client), self.caps,
                                     P4RuntimeReader(self.client, self.caps))
         self.reconcile(startup=True)
@@ -291,7 +292,7 @@ class Offloader:
         acts = []
         for x, this, other in ((o, ot, rt), (r, rt, ot)):
             acts.append(route_actions(this, other, out_port=x.out_port, smac=x.smac, dmac=x.dmac,
-                                      in_port=x.tuple.in_port))
+                                      in_port=x.tuple.in_port, port_vlans=self.caps.port_vlans))
             route = self.slowpath.routes.lookup(x.leaves_as[1])
             if route is not None:  # the entry's MAC is what the neighbour had: seed the cache with it
                 nh = route.next_hop(ipaddress.ip_address(x.leaves_as[1])).packed

@@ -48,6 +48,11 @@ class SlowPath:
         self.reasm = Reassembler(clock)
         self.stats: Counter[str] = Counter()
         self._ident = 0
+        #: The pipeline's per-port VLAN tagging (port -> VLAN id), learned from the switch when the flowtable
+        #: starts. The switch pops and pushes these tags itself, so executing the list here changes nothing
+        #: for them; but the list stored on the connection is the one every path shares, and the switch
+        #: only takes an entry whose VLAN actions match its ports.
+        self.port_vlans: dict[int, int] = {}
         #: Called for each forwarded packet of a connection, after its action list is recorded: the forward
         #: chain's ``flow add @ft`` point, where the flowtable is offered the connection.
         self.on_forward: list[Callable[[Conn, Dir], None]] = []
@@ -279,7 +284,7 @@ class SlowPath:
         nh = route.next_hop(ipaddress.ip_address(other.src)).packed
         mac = self.neigh.lookup(route.port, nh)
         actions: ActionList = route_actions(this, other, out_port=route.port, smac=out.mac, dmac=mac or ZERO_MAC,
-                                            in_port=conn.iif[direction])
+                                            in_port=conn.iif[direction], port_vlans=self.port_vlans)
         execute(actions, pkt)
         self.stats["forwarded"] += 1
         frames = self._output_frames(pkt, out.mtu)
@@ -466,7 +471,8 @@ class SlowPath:
         out = self.config.ports[route.port]
         nh = route.next_hop(ipaddress.ip_address(pkt.dst)).packed
         mac = self.neigh.lookup(route.port, nh)
-        execute(route_actions(this, this.invert(), out_port=route.port, smac=out.mac, dmac=mac or ZERO_MAC), pkt)
+        execute(route_actions(this, this.invert(), out_port=route.port, smac=out.mac, dmac=mac or ZERO_MAC,
+                              port_vlans=self.port_vlans), pkt)
         self.stats["forwarded"] += 1
         for f in self._output_frames(pkt, out.mtu):
             if mac is not None:
