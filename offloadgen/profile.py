@@ -73,6 +73,7 @@ class FlowTable:
     family: str  # ipv4 / ipv6
     size: int
     nat: bool
+    dscp: bool = False
 
     @property
     def l3(self) -> str:
@@ -97,6 +98,9 @@ class Profile:
     counters: bool
     idle_timeout: bool
     punt: Punt
+    # The switch can apply a connection's DSCP statement (set = { dscp = ... }) itself: offload actions
+    # with a dscp parameter. Without it such connections stay on the software fast path.
+    dscp: bool = False
     digest: str = field(default="")
 
     @property
@@ -111,9 +115,9 @@ class Profile:
     def flow_tables(self) -> tuple[FlowTable, ...]:
         tables = []
         if self.ipv4:
-            tables.append(FlowTable("flow_v4", "ipv4", self.ipv4_table_size, self.nat))
+            tables.append(FlowTable("flow_v4", "ipv4", self.ipv4_table_size, self.nat, self.dscp))
         if self.ipv6:
-            tables.append(FlowTable("flow_v6", "ipv6", self.ipv6_table_size, False))
+            tables.append(FlowTable("flow_v6", "ipv6", self.ipv6_table_size, False, self.dscp))
         return tuple(tables)
 
     def port(self, number: int) -> Port:
@@ -124,7 +128,7 @@ class Profile:
 
 
 _TOP_KEYS = {"name", "description", "cpu_port", "features", "table_size", "punt", "ports"}
-_FEATURE_KEYS = {"ipv4", "ipv6", "nat", "counters", "idle_timeout"}
+_FEATURE_KEYS = {"ipv4", "ipv6", "nat", "counters", "idle_timeout", "dscp"}
 _SIZE_KEYS = {"ipv4", "ipv6"}
 _PORT_KEYS = {"port", "name", "mac", "mtu", "vlan"}
 
@@ -203,6 +207,7 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>") -> Profile:
     nat = c.boolean(features, "nat", "features", False)
     counters = c.boolean(features, "counters", "features", True)
     idle_timeout = c.boolean(features, "idle_timeout", "features", True)
+    dscp = c.boolean(features, "dscp", "features", False)
     if not (ipv4 or ipv6):
         c.problems.append("features: at least one of ipv4 and ipv6 must be true")
     if nat and not ipv4:
@@ -276,6 +281,7 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>") -> Profile:
         counters=counters,
         idle_timeout=idle_timeout,
         punt=punt,
+        dscp=dscp,
     )
 
 

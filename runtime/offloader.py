@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .actions import route_actions
+from .actions import Count, Statement, format_actions, route_actions, statements_of
 from .client import SwitchClient
 from .config import RouterConfig
 from .conntrack import Conn, Conntrack, CtEvent, CtTuple, Dir, Status, TcpState
@@ -43,7 +43,7 @@ from .flowtable.p4rt import (
     read_port_vlans,
     to_switch_entry,
 )
-from .flowtable.policy import FlowtableConfig, PolicyError, parse_flowtable
+from .flowtable.policy import FlowKey, FlowtableConfig, PolicyError, parse_flowtable
 from .flowtable.reconcile import EntryPair, plan_reconcile
 from .flowtable.status import snapshot_flows, snapshot_stats
 from .pipeline import Pipeline
@@ -72,6 +72,10 @@ class _CtHandle:
         self.ct.acct_add(self.conn, direction, packets, nbytes)
         self.owner.hw_packets += packets
         self.owner.hw_bytes += nbytes
+        # the switch ran this direction's counter statements as its per-entry counter: add what it counted
+        for st in statements_of(self.conn.actions[direction] or ()):
+            if isinstance(st, Count):
+                self.owner.slowpath.counters.add(st.name, packets, nbytes)
 
     def on_teardown(self) -> None:
         self.ct.fixup(self.conn)
@@ -96,7 +100,7 @@ class Offloader:
         self.emit = emit
         self.ft = FlowTable(self.policy, clock)
         self.caps: PipelineCaps = caps_from_p4info(pipeline.p4info.message)
-        self.fast = FastPath(self.ft)
+        self.fast = FastPath(self.ft, count=slowpath.counters.add)
         self.engine: OffloadEngine | None = None
         self.hw_packets = 0
         self.hw_bytes = 0
@@ -105,6 +109,8 @@ class Offloader:
         self.ft.listeners.append(self._flow_event)
         conntrack.subscribe(self._ct_event)
         slowpath.on_forward.append(self._offer)
+        slowpath.statements = self._statements
+        slowpath.counters.declare(self.policy.counter_names)
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -158,6 +164,15 @@ class Offloader:
         if port is not None:
             fd.mtu = port.mtu
         return fd
+
+    def _statements(self, conn: Conn, direction: Dir, in_port: int, out_port: int) -> tuple[Statement, ...]:
+        """The policy's statements for a connection, asked by the slow path for each direction's list. The
+        rules look at the original direction: a reply comes in where the original leaves."""
+        o = conn.tuples[Dir.ORIGINAL]
+        iif, oif = (in_port, out_port) if direction is Dir.ORIGINAL else (out_port, in_port)
+        key = FlowKey(proto=o.proto, src=ipaddress.ip_address(o.src), dst=ipaddress.ip_address(o.dst),
+                      sport=o.sport, dport=o.dport, iif=iif, oif=oif)
+        return self.policy.statements(key)
 
     def _offer(self, conn: Conn, direction: Dir) -> None:
         """The forward hook: offer the connection of a packet the slow path just forwarded."""
@@ -290,9 +305,12 @@ class Offloader:
         ot = CtTuple(o.tuple.src, o.tuple.dst, o.tuple.proto, o.tuple.sport, o.tuple.dport)
         rt = CtTuple(r.tuple.src, r.tuple.dst, r.tuple.proto, r.tuple.sport, r.tuple.dport)
         acts = []
+        okey = FlowKey(proto=ot.proto, src=ipaddress.ip_address(ot.src), dst=ipaddress.ip_address(ot.dst),
+                       sport=ot.sport, dport=ot.dport, iif=o.tuple.in_port, oif=o.out_port)
+        stmts = self.policy.statements(okey)
         for x, this, other in ((o, ot, rt), (r, rt, ot)):
             acts.append(route_actions(this, other, out_port=x.out_port, smac=x.smac, dmac=x.dmac,
-                                      in_port=x.tuple.in_port, port_vlans=self.caps.port_vlans))
+                                      in_port=x.tuple.in_port, port_vlans=self.caps.port_vlans, statements=stmts))
             route = self.slowpath.routes.lookup(x.leaves_as[1])
             if route is not None:  # the entry's MAC is what the neighbour had: seed the cache with it
                 nh = route.next_hop(ipaddress.ip_address(x.leaves_as[1])).packed
@@ -331,6 +349,7 @@ class Offloader:
         d["hw_bytes"] = self.hw_bytes
         d["rebuilt"] = self.rebuilt
         d["reconciles"] = self.reconciles
+        d["named_counters"] = self.slowpath.counters.snapshot()
         d["policy"] = {"hw_offload": self.policy.hw_offload, "tcp_timeout_s": self.policy.tcp_timeout_s,
                        "udp_timeout_s": self.policy.udp_timeout_s, "close_timeout_s": self.policy.close_timeout_s,
                        "rules": len(self.policy.rules)}
@@ -363,6 +382,9 @@ class Offloader:
                 "since_last_hit_ms": (e.time_since_last_hit_ns // 1_000_000
                                       if e.time_since_last_hit_ns is not None else None),
                 "flow": hit[0].id if hit else None, "dir": hit[1].name.lower() if hit else None,
+                # the policy statements this entry carries out (dscp as its parameter, a named counter as the
+                # entry's direct counter)
+                "statements": format_actions(statements_of(hit[0].dirs[hit[1]].actions)) if hit else "",
             })
         return out
 

@@ -4,9 +4,12 @@ The kernel turns each direction into a ``flow_rule`` (``nf_flow_rule_match`` for
 ``nf_flow_rule_route_ipv4`` for the ``flow_action`` list) and hands it to the driver. Here the "driver" is
 the generated P4 program: table ``flow_v4``/``flow_v6`` keyed on ``in_port, src_addr, dst_addr, proto,
 src_port, dst_port``, action ``offload(port, smac, dmac)`` or ``offload_nat(port, smac, dmac, saddr, daddr,
-sport, dport)``. The pipeline always rewrites both MACs and decrements the TTL; VLAN tags are popped and
-pushed per port by the pipeline itself. An action list the program cannot express raises
-:class:`Unsupported`, and the flow stays on the software path (as a kernel driver returning -EOPNOTSUPP).
+sport, dport)``, and where the profile has ``[features] dscp`` the same with a last ``dscp`` parameter
+(``offload_dscp``, ``offload_nat_dscp``). The pipeline always rewrites both MACs and decrements the TTL; VLAN
+tags are popped and pushed per port by the pipeline itself; a named counter statement is the entry's direct
+counter (read back and added to the name). An action list the program cannot express raises
+:class:`Unsupported` naming the statement, and the flow stays on the software path (as a kernel driver
+returning -EOPNOTSUPP) -- never offloaded without it.
 
 :class:`FlowUpdate` is neutral: names, not ids, and plain integers; the adapter to the P4Runtime client
 encodes them with the P4Info (canonical bytes, ids).
@@ -20,13 +23,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..actions import Rewrite
+from ..actions import Rewrite, dscp_name
 from .model import FlowTuple
 
 TABLE_V4 = "flow_v4"
 TABLE_V6 = "flow_v6"
 ACTION_OFFLOAD = "offload"
 ACTION_OFFLOAD_NAT = "offload_nat"
+ACTION_OFFLOAD_DSCP = "offload_dscp"
+ACTION_OFFLOAD_NAT_DSCP = "offload_nat_dscp"
+OFFLOAD_ACTIONS = (ACTION_OFFLOAD, ACTION_OFFLOAD_NAT, ACTION_OFFLOAD_DSCP, ACTION_OFFLOAD_NAT_DSCP)
 KEY_FIELDS = ("in_port", "src_addr", "dst_addr", "proto", "src_port", "dst_port")
 
 
@@ -116,6 +122,8 @@ class PipelineCaps:
     ``tables`` maps the address family (4, 6) to its flow table; ``nat_tables`` are those with
     ``offload_nat``; ``idle_timeout`` those with ``support_timeout``; ``port_vlans`` maps VLAN ports to their
     VLAN id (from the profile: the pipeline pops the tag on ingress and pushes it on egress there).
+    ``dscp_tables`` have ``offload_dscp`` (and ``offload_nat_dscp`` where NAT is there too);
+    ``counter_tables`` a direct counter, which is how the switch runs a named counter statement.
     """
 
     tables: Mapping[int, str] = field(default_factory=lambda: {4: TABLE_V4, 6: TABLE_V6})
@@ -123,6 +131,13 @@ class PipelineCaps:
     idle_timeout: frozenset[str] = frozenset({TABLE_V4, TABLE_V6})
     sizes: Mapping[str, int] = field(default_factory=dict)
     port_vlans: Mapping[int, int] = field(default_factory=dict)
+    dscp_tables: frozenset[str] = frozenset({TABLE_V4, TABLE_V6})
+    counter_tables: frozenset[str] = frozenset({TABLE_V4, TABLE_V6})
+
+    def statements(self, table: str) -> tuple[str, ...]:
+        """The statements the switch can apply in ``table`` (for ``offloadgen stats`` and messages)."""
+        return tuple(n for n, ok in (("dscp", table in self.dscp_tables), ("counter", table in self.counter_tables))
+                     if ok)
 
 
 def caps_from_p4info(p4info: Any, port_vlans: Mapping[int, int] | None = None) -> PipelineCaps:
@@ -132,18 +147,27 @@ def caps_from_p4info(p4info: Any, port_vlans: Mapping[int, int] | None = None) -
     nat: set[str] = set()
     idle: set[str] = set()
     sizes: dict[str, int] = {}
+    dscp: set[str] = set()
+    counted: set[str] = set()
+    direct = {c.direct_table_id for c in p4info.direct_counters}
     for t in p4info.tables:
         name = t.preamble.name.rsplit(".", 1)[-1]
         if name not in (TABLE_V4, TABLE_V6):
             continue
         tables[4 if name == TABLE_V4 else 6] = name
-        if any(actions.get(ref.id) == ACTION_OFFLOAD_NAT for ref in t.action_refs):
+        refs = {actions.get(ref.id) for ref in t.action_refs}
+        if ACTION_OFFLOAD_NAT in refs:
             nat.add(name)
+        if ACTION_OFFLOAD_DSCP in refs and (name not in nat or ACTION_OFFLOAD_NAT_DSCP in refs):
+            dscp.add(name)
+        if t.preamble.id in direct:
+            counted.add(name)
         if t.idle_timeout_behavior != 0:  # NO_TIMEOUT == 0
             idle.add(name)
         sizes[name] = t.size
     return PipelineCaps(tables=tables, nat_tables=frozenset(nat), idle_timeout=frozenset(idle), sizes=sizes,
-                        port_vlans=dict(port_vlans or {}))
+                        port_vlans=dict(port_vlans or {}), dscp_tables=frozenset(dscp),
+                        counter_tables=frozenset(counted))
 
 
 def _addr(b: bytes) -> int:
@@ -181,6 +205,12 @@ def entry_for(t: FlowTuple, rw: Rewrite, caps: PipelineCaps, timeout_ns: int = 0
     if rw.vlan_push != out_vlan:
         raise Unsupported(f"VLAN push on egress port {rw.out_port} is per port in the pipeline "
                           f"(vid {out_vlan}); the action list says {rw.vlan_push}")
+    if rw.dscp is not None and table not in caps.dscp_tables:
+        raise Unsupported(f"dscp={dscp_name(rw.dscp)}: the switch cannot set DSCP in {table} (no offload_dscp action; "
+                          f"build with [features] dscp = true)")
+    if rw.counters and table not in caps.counter_tables:
+        raise Unsupported(f"counter={rw.counters[0]}: the switch has no per-flow counter in {table} "
+                          f"(build with [features] counters = true)")
     params = {"port": rw.out_port, "smac": _mac_int(rw.smac), "dmac": _mac_int(rw.dmac)}
     action = ACTION_OFFLOAD
     if rw.nat:
@@ -192,6 +222,9 @@ def entry_for(t: FlowTuple, rw: Rewrite, caps: PipelineCaps, timeout_ns: int = 0
             daddr=_addr(rw.daddr if rw.daddr is not None else t.dst),
             sport=rw.sport if rw.sport is not None else t.sport,
             dport=rw.dport if rw.dport is not None else t.dport)
+    if rw.dscp is not None:
+        action = ACTION_OFFLOAD_NAT_DSCP if action == ACTION_OFFLOAD_NAT else ACTION_OFFLOAD_DSCP
+        params["dscp"] = rw.dscp
     idle = timeout_ns if table in caps.idle_timeout else 0
     return FlowUpdate(op, table, match, action, params, idle)
 
@@ -210,6 +243,7 @@ class DecodedEntry:
     smac: bytes
     dmac: bytes
     leaves_as: builtins.tuple[bytes, bytes, int, int]  # (src, dst, sport, dport) after NAT
+    dscp: int | None = None
 
 
 def tuple_of(table: str, match: Mapping[str, Any], caps: PipelineCaps) -> FlowTuple | None:
@@ -230,16 +264,17 @@ def tuple_of(table: str, match: Mapping[str, Any], caps: PipelineCaps) -> FlowTu
 def decode_entry(entry: SwitchEntry, caps: PipelineCaps) -> DecodedEntry | None:
     """The inverse of :func:`entry_for`; ``None`` for an entry of another table or a shape we never write."""
     t = tuple_of(entry.table, entry.match, caps)
-    if t is None or entry.action not in (ACTION_OFFLOAD, ACTION_OFFLOAD_NAT):
+    if t is None or entry.action not in OFFLOAD_ACTIONS:
         return None
     width = 4 if t.family == 4 else 16
     try:
         p = entry.params
         smac, dmac = p["smac"].to_bytes(6, "big"), p["dmac"].to_bytes(6, "big")
-        if entry.action == ACTION_OFFLOAD_NAT:
+        if entry.action in (ACTION_OFFLOAD_NAT, ACTION_OFFLOAD_NAT_DSCP):
             leaves = (p["saddr"].to_bytes(width, "big"), p["daddr"].to_bytes(width, "big"), p["sport"], p["dport"])
         else:
             leaves = (t.src, t.dst, t.sport, t.dport)
-        return DecodedEntry(t, p["port"], smac, dmac, leaves)
+        dscp = p["dscp"] if entry.action in (ACTION_OFFLOAD_DSCP, ACTION_OFFLOAD_NAT_DSCP) else None
+        return DecodedEntry(t, p["port"], smac, dmac, leaves, dscp)
     except (KeyError, OverflowError, ValueError, TypeError):
         return None

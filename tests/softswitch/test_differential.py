@@ -73,14 +73,17 @@ def _cases(sw: Switch, rng: random.Random) -> tuple[list[tuple[int, bytes]], lis
         else:
             args = [out_port, smac, dmac]
             action = "ingress.offload"
+        if p.dscp and rng.random() < 0.5:  # the DSCP statement: a last parameter, ECN bits of the packet kept
+            args.append(rng.randrange(64))
+            action += "_dscp"
         cmds.append(f"table_add {table} {action} {' '.join(map(str, key))} => {' '.join(map(str, args))}")
         params = {n: v for n, v in enumerate(args, start=1)}
         from softswitch.dataplane import FieldMatch, TableEntry
 
         sw.dp.insert(TableEntry(sw.id("tables", table), {n: FieldMatch(v) for n, v in enumerate(key, start=1)},
                                 sw.id("actions", action), params))
-        l3: Packet = IP(src=src, dst=dst, ttl=rng.randrange(2, 255)) if fam == "ipv4" else IPv6(
-            src=src, dst=dst, hlim=rng.randrange(2, 255))
+        l3: Packet = IP(src=src, dst=dst, ttl=rng.randrange(2, 255), tos=rng.randrange(256)) if fam == "ipv4" else IPv6(
+            src=src, dst=dst, hlim=rng.randrange(2, 255), tc=rng.randrange(256))
         payload = Raw(bytes(rng.randrange(256) for _ in range(rng.randrange(0, 200))))
         if proto == 6:
             l4: Packet = TCP(sport=sport, dport=dport, flags="A", seq=rng.randrange(1 << 32))
@@ -185,7 +188,7 @@ def _run_bmv2(tmp: Path, json_path: Path, ports: list[int], cases: list[tuple[in
 
 @pytest.mark.bmv2
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["default", "minimal", "vlan"])
+@pytest.mark.parametrize("variant", ["default", "minimal", "vlan", "default-no-nat"])
 def test_softswitch_matches_bmv2(tmp_path: Path, variant: str) -> None:
     if shutil.which("simple_switch") is None or shutil.which("simple_switch_CLI") is None:
         pytest.skip("simple_switch / simple_switch_CLI not on PATH")
