@@ -73,7 +73,6 @@ class FlowTable:
     family: str  # ipv4 / ipv6
     size: int
     nat: bool
-    dscp: bool = False
 
     @property
     def l3(self) -> str:
@@ -98,9 +97,15 @@ class Profile:
     counters: bool
     idle_timeout: bool
     punt: Punt
-    # The switch can apply a connection's DSCP statement (set = { dscp = ... }) itself: offload actions
-    # with a dscp parameter. Without it such connections stay on the software fast path.
+    # Which policy statements the switch applies itself (offload_stmt / offload_nat_stmt): DSCP
+    # (set = { dscp = ... }) and how many named counters (counter = "name") it holds. A connection with a
+    # statement the switch cannot do stays on the software fast path.
     dscp: bool = False
+    named_counters: int = 0
+
+    @property
+    def statements(self) -> bool:
+        return self.dscp or self.named_counters > 0
     digest: str = field(default="")
 
     @property
@@ -115,9 +120,9 @@ class Profile:
     def flow_tables(self) -> tuple[FlowTable, ...]:
         tables = []
         if self.ipv4:
-            tables.append(FlowTable("flow_v4", "ipv4", self.ipv4_table_size, self.nat, self.dscp))
+            tables.append(FlowTable("flow_v4", "ipv4", self.ipv4_table_size, self.nat))
         if self.ipv6:
-            tables.append(FlowTable("flow_v6", "ipv6", self.ipv6_table_size, False, self.dscp))
+            tables.append(FlowTable("flow_v6", "ipv6", self.ipv6_table_size, False))
         return tuple(tables)
 
     def port(self, number: int) -> Port:
@@ -128,7 +133,7 @@ class Profile:
 
 
 _TOP_KEYS = {"name", "description", "cpu_port", "features", "table_size", "punt", "ports"}
-_FEATURE_KEYS = {"ipv4", "ipv6", "nat", "counters", "idle_timeout", "dscp"}
+_FEATURE_KEYS = {"ipv4", "ipv6", "nat", "counters", "idle_timeout", "dscp", "named_counters"}
 _SIZE_KEYS = {"ipv4", "ipv6"}
 _PORT_KEYS = {"port", "name", "mac", "mtu", "vlan"}
 
@@ -208,6 +213,7 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>") -> Profile:
     counters = c.boolean(features, "counters", "features", True)
     idle_timeout = c.boolean(features, "idle_timeout", "features", True)
     dscp = c.boolean(features, "dscp", "features", False)
+    named_counters = c.integer(features, "named_counters", "features", 0, 0, 255)
     if not (ipv4 or ipv6):
         c.problems.append("features: at least one of ipv4 and ipv6 must be true")
     if nat and not ipv4:
@@ -282,6 +288,7 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>") -> Profile:
         idle_timeout=idle_timeout,
         punt=punt,
         dscp=dscp,
+        named_counters=named_counters,
     )
 
 

@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .actions import Count, Statement, format_actions, route_actions, statements_of
+from .actions import Statement, format_actions, route_actions, statements_of
 from .client import SwitchClient
 from .config import RouterConfig
 from .conntrack import Conn, Conntrack, CtEvent, CtTuple, Dir, Status, TcpState
@@ -34,12 +34,13 @@ from .flowtable.core import Flow, FlowDirection, FlowTable, IdleVerdict, OfferRe
 from .flowtable.fastpath import FastPath
 from .flowtable.model import FlowTuple
 from .flowtable.offload import OffloadEngine
-from .flowtable.p4map import PipelineCaps, SwitchEntry, caps_from_p4info, delete_for
+from .flowtable.p4map import STMT_COUNTER, PipelineCaps, SwitchEntry, caps_from_p4info, delete_for
 from .flowtable.p4rt import (
     P4RuntimeReader,
     P4RuntimeWriter,
     entry_tuple,
     read_flow_entries,
+    read_indexed_counter,
     read_port_vlans,
     to_switch_entry,
 )
@@ -72,10 +73,6 @@ class _CtHandle:
         self.ct.acct_add(self.conn, direction, packets, nbytes)
         self.owner.hw_packets += packets
         self.owner.hw_bytes += nbytes
-        # the switch ran this direction's counter statements as its per-entry counter: add what it counted
-        for st in statements_of(self.conn.actions[direction] or ()):
-            if isinstance(st, Count):
-                self.owner.slowpath.counters.add(st.name, packets, nbytes)
 
     def on_teardown(self) -> None:
         self.ct.fixup(self.conn)
@@ -99,7 +96,7 @@ class Offloader:
         self.client = client
         self.emit = emit
         self.ft = FlowTable(self.policy, clock)
-        self.caps: PipelineCaps = caps_from_p4info(pipeline.p4info.message)
+        self.caps: PipelineCaps = caps_from_p4info(pipeline.p4info.message).with_counter_names(self.policy.counter_names)
         self.fast = FastPath(self.ft, count=slowpath.counters.add)
         self.engine: OffloadEngine | None = None
         self.hw_packets = 0
@@ -349,11 +346,30 @@ class Offloader:
         d["hw_bytes"] = self.hw_bytes
         d["rebuilt"] = self.rebuilt
         d["reconciles"] = self.reconciles
-        d["named_counters"] = self.slowpath.counters.snapshot()
+        d["named_counters"] = self.named_counters()
+        d["switch_statements"] = list(self.caps.statements())
         d["policy"] = {"hw_offload": self.policy.hw_offload, "tcp_timeout_s": self.policy.tcp_timeout_s,
                        "udp_timeout_s": self.policy.udp_timeout_s, "close_timeout_s": self.policy.close_timeout_s,
                        "rules": len(self.policy.rules)}
         return d
+
+    def named_counters(self) -> dict[str, dict[str, int]]:
+        """Each named counter: what the software paths counted plus what the switch counted at its index
+        (``stmt_counter``, read now; it counts every hit, whether or not the entry is still there)."""
+        out = self.slowpath.counters.snapshot()
+        index = self.caps.counter_index
+        if index:
+            try:
+                hw = read_indexed_counter(self.client, STMT_COUNTER, sorted(index.values()))
+            except (P4RuntimeError, LookupError) as exc:
+                log.warning("reading the named counters from the switch failed: %s", exc)
+                hw = {}
+            for name, i in index.items():
+                packets, nbytes = hw.get(i, (0, 0))
+                v = out.setdefault(name, {"packets": 0, "bytes": 0})
+                v["packets"] += packets
+                v["bytes"] += nbytes
+        return out
 
     def entries(self) -> list[dict[str, Any]]:
         """What the switch holds in its flow tables, each entry joined to the flow that owns it."""

@@ -58,8 +58,22 @@ def test_no_nat_leaves_no_trace(default: Profile) -> None:
 
 def test_counters_switch(default: Profile) -> None:
     assert "direct_counter" in render(default)
-    text = render(dataclasses.replace(default, counters=False))
+    text = render(dataclasses.replace(default, counters=False, named_counters=0))
     assert "counter" not in body(text).replace("counters;", "")
+
+
+def test_statements_switch(default: Profile) -> None:
+    """[features] dscp / named_counters: the offload_stmt actions carry exactly the enabled parameters, and
+    without both there is no trace of them."""
+    text = render(default)
+    assert "bit<1> set_dscp, bit<6> dscp, bit<8> counter_idx)" in text and "stmt_counter.count(" in text
+    assert "counter(17, CounterType.packets_and_bytes) stmt_counter;" in text
+    only_dscp = render(dataclasses.replace(default, named_counters=0))
+    assert "offload_nat_stmt" in only_dscp and "counter_idx" not in only_dscp and "stmt_counter" not in only_dscp
+    only_count = render(dataclasses.replace(default, dscp=False))
+    assert "counter_idx" in only_count and "dscp" not in body(only_count)
+    none = render(dataclasses.replace(default, dscp=False, named_counters=0))
+    assert "_stmt" not in none and "dscp" not in body(none) and "stmt_counter" not in none
 
 
 def test_idle_timeout_switch(default: Profile) -> None:

@@ -52,38 +52,44 @@ def test_caps_from_generated_p4info(default_caps: PipelineCaps, tmp_path: Path) 
     assert dict(default_caps.tables) == {4: "flow_v4", 6: "flow_v6"}
     assert default_caps.nat_tables == {"flow_v4"} and default_caps.idle_timeout == {"flow_v4", "flow_v6"}
     assert default_caps.sizes == {"flow_v4": 65536, "flow_v6": 65536}
-    assert default_caps.dscp_tables == {"flow_v4", "flow_v6"} and default_caps.counter_tables == {"flow_v4", "flow_v6"}
+    assert default_caps.stmt_tables == {"flow_v4", "flow_v6"} and default_caps.dscp and default_caps.counter_slots == 16
+    assert default_caps.statements() == ("dscp", "counter")
     vlan = caps_from_p4info(_p4info(tmp_path, "vlan"), port_vlans={3: 100})
     assert dict(vlan.tables) == {4: "flow_v4"} and vlan.idle_timeout == frozenset() and vlan.sizes == {"flow_v4": 256}
-    assert vlan.dscp_tables == frozenset(), "the vlan profile has no [features] dscp"
+    assert vlan.stmt_tables == frozenset() and vlan.statements() == (), "the vlan profile has no statements"
 
 
 def test_statements_become_the_entry_or_keep_the_flow_in_software(default_caps: PipelineCaps) -> None:
-    """DSCP is the dscp parameter of offload_nat_dscp / offload_dscp; a counter is the entry's direct counter.
-    A switch that cannot do a statement gets no entry at all, with a message naming the statement."""
+    """DSCP is set_dscp/dscp of offload_nat_stmt / offload_stmt, a named counter its index in stmt_counter. A
+    switch that cannot do a statement gets no entry at all, with a message naming the statement."""
+    caps = default_caps.with_counter_names(["mail", "web"])
     stmts = (SetDscp(24), Count("web"))
     o, _r = directions(*nat_tuples(), statements=stmts)
-    e = entry_for(o.tuple, o.rewrite, default_caps)
-    assert e.action == "offload_nat_dscp" and e.params["dscp"] == 24 and e.params["saddr"] == 0xC0000201
-    d = decode_entry(SwitchEntry(e.table, e.match, e.action, e.params), default_caps)
-    assert d is not None and d.dscp == 24 and d.leaves_as == o.leaves_as()
+    e = entry_for(o.tuple, o.rewrite, caps)
+    assert e.action == "offload_nat_stmt" and e.params["saddr"] == 0xC0000201
+    assert (e.params["set_dscp"], e.params["dscp"], e.params["counter_idx"]) == (1, 24, 2)
+    d = decode_entry(SwitchEntry(e.table, e.match, e.action, e.params), caps)
+    assert d is not None and d.dscp == 24 and d.counter_idx == 2 and d.leaves_as == o.leaves_as()
     six = FlowTuple.make(1, "2001:db8::1", "2001:db8::2", "udp", 1, 2)
-    sd, _ = directions(six, FlowTuple.make(2, "2001:db8::2", "2001:db8::1", "udp", 2, 1), statements=stmts)
-    e6 = entry_for(sd.tuple, sd.rewrite, default_caps)
-    assert e6.action == "offload_dscp" and e6.params["dscp"] == 24
-    no_dscp = dataclasses.replace(default_caps, dscp_tables=frozenset())
+    sd, _ = directions(six, FlowTuple.make(2, "2001:db8::2", "2001:db8::1", "udp", 2, 1), statements=(Count("mail"),))
+    e6 = entry_for(sd.tuple, sd.rewrite, caps)
+    assert e6.action == "offload_stmt" and (e6.params["set_dscp"], e6.params["counter_idx"]) == (0, 1)
+    no_dscp = dataclasses.replace(caps, dscp=False)
     with pytest.raises(Unsupported, match=r"^dscp=cs3: the switch cannot set DSCP in flow_v4"):
         entry_for(o.tuple, o.rewrite, no_dscp)
-    no_counter = dataclasses.replace(default_caps, counter_tables=frozenset())
-    with pytest.raises(Unsupported, match=r"^counter=web: the switch has no per-flow counter"):
+    assert "dscp" not in entry_for(sd.tuple, sd.rewrite, no_dscp).params
+    no_counter = dataclasses.replace(caps, counter_slots=0)
+    with pytest.raises(Unsupported, match=r"^counter=web: the switch has no named counters"):
         entry_for(o.tuple, o.rewrite, no_counter)
+    with pytest.raises(Unsupported, match=r"^counter=web: the switch holds 1 named counters"):
+        entry_for(o.tuple, o.rewrite, dataclasses.replace(default_caps, counter_slots=1).with_counter_names(["mail", "web"]))
     plain, _ = directions(*nat_tuples())
     assert entry_for(plain.tuple, plain.rewrite, no_dscp).action == "offload_nat"
 
 
 def test_unsupported_statement_stays_in_software_counted_and_shown() -> None:
     clock = FakeClock()
-    ft, eng, sw = make_table(clock, caps=PipelineCaps(dscp_tables=frozenset()))
+    ft, eng, sw = make_table(clock, caps=PipelineCaps(dscp=False).with_counter_names(["web"]))
     o, r = directions(*nat_tuples(), statements=(SetDscp(24), Count("web")))
     _, flow = ft.offer(FakeConn(), o, r, seen_reply=True, tcp_established=True)
     assert flow is not None
@@ -93,7 +99,7 @@ def test_unsupported_statement_stays_in_software_counted_and_shown() -> None:
     [rec] = snapshot_flows(ft)
     assert rec.tag == "[OFFLOAD]" and rec.last_error.startswith("dscp=cs3")
     assert rec.orig.statements == "dscp=cs3@software,counter=web@software"
-    ft2, eng2, _sw2 = make_table(clock)
+    ft2, eng2, _sw2 = make_table(clock, caps=PipelineCaps().with_counter_names(["web"]))
     _, flow2 = ft2.offer(FakeConn(), o, r, seen_reply=True, tcp_established=True)
     eng2.run_once()
     assert flow2 is not None and flow2.hw_offloaded

@@ -73,9 +73,13 @@ def _cases(sw: Switch, rng: random.Random) -> tuple[list[tuple[int, bytes]], lis
         else:
             args = [out_port, smac, dmac]
             action = "ingress.offload"
-        if p.dscp and rng.random() < 0.5:  # the DSCP statement: a last parameter, ECN bits of the packet kept
-            args.append(rng.randrange(64))
-            action += "_dscp"
+        if (p.dscp or p.named_counters) and rng.random() < 0.5:
+            # the policy statements: DSCP (ECN bits of the packet kept) and a named counter's index
+            if p.dscp:
+                args += [rng.randrange(2), rng.randrange(64)]
+            if p.named_counters:
+                args.append(rng.randrange(p.named_counters + 1))
+            action += "_stmt"
         cmds.append(f"table_add {table} {action} {' '.join(map(str, key))} => {' '.join(map(str, args))}")
         params = {n: v for n, v in enumerate(args, start=1)}
         from softswitch.dataplane import FieldMatch, TableEntry
@@ -200,8 +204,10 @@ def test_softswitch_matches_bmv2(tmp_path: Path, variant: str) -> None:
     subprocess.run(["p4c-bm2-ss", "--arch", "v1model", "-o", str(tmp_path / "flowtable.json"), str(prog)],
                    check=True, capture_output=True, timeout=120)
     ports = sorted({x.number for x in sw.profile.ports} | {sw.profile.cpu_port})
-    n_punt = next((c.size for c in sw.program.p4info.counters if c.preamble.name == "ingress.punt_counter"), 0)
-    reads = [f"counter_read ingress.punt_counter {i}" for i in range(n_punt)]
+    # the punt reasons' counter and the named counters of the policy statements, every index
+    sizes = {c.preamble.name: c.size for c in sw.program.p4info.counters
+             if c.preamble.name in ("ingress.punt_counter", "ingress.stmt_counter")}
+    reads = [f"counter_read {name} {i}" for name, n in sizes.items() for i in range(n)]
     bmv2, counter_text = _run_bmv2(tmp_path, tmp_path / "flowtable.json", ports, cases, cmds, reads)
     ours: dict[int, list[bytes]] = {port: [] for port in ports}
     for port, data in cases:
@@ -213,9 +219,10 @@ def test_softswitch_matches_bmv2(tmp_path: Path, variant: str) -> None:
             f"{[f.hex() for f in (Counter(ours[port]) - Counter(bmv2[port]))][:3]}; only BMv2: "
             f"{[f.hex() for f in (Counter(bmv2[port]) - Counter(ours[port]))][:3]}")
     assert sum(len(v) for v in ours.values()) > len(cases) // 2
-    if reads:
-        cid = sw.id("counters", "ingress.punt_counter")
-        for i in range(n_punt):
+    for name, n in sizes.items():
+        cid = sw.id("counters", name)
+        short = name.rsplit(".", 1)[-1]
+        for i in range(n):
             packets, bytes_ = sw.dp.counter_read(cid, i)
-            assert f"punt_counter[{i}]= ({bytes_} bytes, {packets} packets)" in counter_text, (
-                i, packets, bytes_, counter_text[-1500:])
+            assert f"{short}[{i}]= ({bytes_} bytes, {packets} packets)" in counter_text, (
+                name, i, packets, bytes_, counter_text[-1500:])
