@@ -358,7 +358,7 @@ class Offloader:
         (``stmt_counter``, read now; it counts every hit, whether or not the entry is still there)."""
         out = self.slowpath.counters.snapshot()
         index = self.caps.counter_index
-        if index:
+        if index and self.engine is not None:  # not before the pipeline is on the switch
             try:
                 hw = read_indexed_counter(self.client, STMT_COUNTER, sorted(index.values()))
             except (P4RuntimeError, LookupError) as exc:
