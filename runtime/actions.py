@@ -127,8 +127,19 @@ class Count:
         return f"counter={self.name}"
 
 
+@dataclass(frozen=True, slots=True)
+class SetVlan:
+    """VLAN retag (``FLOW_ACTION_VLAN_MANGLE``, what switches call VLAN translation): a packet that leaves a
+    tagged port carries this VLAN id instead of the port's. No effect where the egress port is untagged."""
+
+    vid: int
+
+    def __str__(self) -> str:
+        return f"vlan={self.vid}"
+
+
 #: Statements the policy adds to a connection's list (the rest comes from routing and NAT).
-Statement = SetDscp | Count
+Statement = SetDscp | Count | SetVlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +167,8 @@ class Output:
         return f"out={self.port}"
 
 
-FlowAction = (SetEthSrc | SetEthDst | SetIpSrc | SetIpDst | SetL4Src | SetL4Dst | SetDscp | Count | DecTtl | VlanPush
-              | VlanPop | Output)
+FlowAction = (SetEthSrc | SetEthDst | SetIpSrc | SetIpDst | SetL4Src | SetL4Dst | SetDscp | Count | SetVlan | DecTtl
+              | VlanPush | VlanPop | Output)
 ActionList = tuple[FlowAction, ...]
 
 
@@ -170,7 +181,7 @@ def format_actions(actions: ActionList) -> str:
 
 
 def statements_of(actions: ActionList) -> tuple[Statement, ...]:
-    return tuple(a for a in actions if isinstance(a, SetDscp | Count))
+    return tuple(a for a in actions if isinstance(a, SetDscp | Count | SetVlan))
 
 
 @dataclass(slots=True)
@@ -250,6 +261,7 @@ def execute(actions: ActionList, pkt: P.Packet, *, count: CountHook | None = Non
     out: int | None = None
     pop = False
     push: int | None = None
+    retag: int | None = None
     for act in actions:
         if out is not None:
             raise ActionError(f"{act} follows the output action; output must be last")
@@ -271,6 +283,8 @@ def execute(actions: ActionList, pkt: P.Packet, *, count: CountHook | None = Non
             case Count(name):
                 if count is not None:
                     count(name, 1, pkt.ip_len)
+            case SetVlan(vid):
+                retag = vid
             case DecTtl():
                 P.dec_ttl(pkt)
             case VlanPop():
@@ -281,10 +295,13 @@ def execute(actions: ActionList, pkt: P.Packet, *, count: CountHook | None = Non
                 out = port
     if out is None:
         raise ActionError("the action list has no output action")
+    if push is not None and retag is not None:
+        push = retag  # the tag the port would push, with the statement's VLAN id
     if pipeline_vlans is not None:
         tagged = pkt.l3 == 18
         if tagged and pop:
             del pkt.data[12:16]
+            _shift(pkt, -4)
             tagged = False
         if push is not None and pipeline_vlans.get(out) != push:
             tag = bytes((push >> 8, push & 0xFF))
@@ -292,7 +309,17 @@ def execute(actions: ActionList, pkt: P.Packet, *, count: CountHook | None = Non
                 pkt.data[14:16] = bytes((pkt.data[14] & 0xF0 | tag[0], tag[1]))
             else:
                 pkt.data[12:12] = b"\x81\x00" + tag
+                _shift(pkt, 4)
     return out
+
+
+def _shift(pkt: P.Packet, by: int) -> None:
+    """The packet's header offsets after a VLAN tag went in or out (the slow path goes on using them)."""
+    pkt.l3 += by
+    if pkt.l4 >= 0:
+        pkt.l4 += by
+    if pkt.frag_hdr >= 0:
+        pkt.frag_hdr += by
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +338,7 @@ class Rewrite:
     vlan_push: int | None = None
     dscp: int | None = None
     counters: tuple[str, ...] = ()
+    vlan_retag: int | None = None  # the VLAN id a tagged egress port's tag gets instead of the port's
 
     @property
     def nat(self) -> bool:
@@ -341,6 +369,8 @@ def flatten(actions: ActionList) -> Rewrite:
                 kw["dscp"] = dscp
             case Count(name):
                 kw["counters"] = (*kw.get("counters", ()), name)  # type: ignore[misc]
+            case SetVlan(vid):
+                kw["vlan_retag"] = vid
             case DecTtl():
                 kw["dec_ttl"] = True
             case VlanPop():

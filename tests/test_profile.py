@@ -114,3 +114,5 @@ def test_statement_features() -> None:
         "features.named_counters: 300 is out of range; give an integer from 0 to 255"]
     assert problems(base(features={"dscp": "yes"})) == ["features.dscp: 'yes' is not true or false"]
     assert problems(base(features={"dcsp": True})) == ["features.dcsp: unknown key; did you mean 'dscp'?"]
+    assert problems(base(features={"vlan_retag": True})) == [
+        "features.vlan_retag: retagging needs a tagged port; give a [[ports]] table a vlan or set vlan_retag = false"]

@@ -5,8 +5,9 @@ The kernel turns each direction into a ``flow_rule`` (``nf_flow_rule_match`` for
 the generated P4 program: table ``flow_v4``/``flow_v6`` keyed on ``in_port, src_addr, dst_addr, proto,
 src_port, dst_port``, action ``offload(port, smac, dmac)`` or ``offload_nat(port, smac, dmac, saddr, daddr,
 sport, dport)``; a direction whose list holds policy statements uses ``offload_stmt`` / ``offload_nat_stmt``,
-the same plus ``set_dscp, dscp`` (``[features] dscp``) and ``counter_idx`` (``[features] named_counters``: the
-index of the named counter in the indexed counter ``stmt_counter``, 0 for none). The pipeline always
+the same plus ``set_dscp, dscp`` (``[features] dscp``), ``counter_idx`` (``[features] named_counters``: the
+index of the named counter in the indexed counter ``stmt_counter``, 0 for none) and ``set_vid, vid``
+(``[features] vlan_retag``: the VLAN id a tagged egress port's tag gets). The pipeline always
 rewrites both MACs and decrements the TTL; VLAN tags are popped and pushed per port by the pipeline itself. An action list the program cannot express raises
 :class:`Unsupported` naming the statement, and the flow stays on the software path (as a kernel driver
 returning -EOPNOTSUPP) -- never offloaded without it.
@@ -138,12 +139,14 @@ class PipelineCaps:
     dscp: bool = True
     counter_slots: int = 16
     counter_index: Mapping[str, int] = field(default_factory=dict)
+    vlan_retag: bool = False
 
     def statements(self) -> tuple[str, ...]:
         """The statements the switch can apply (for ``offloadgen stats``)."""
         if not self.stmt_tables:
             return ()
-        return tuple(n for n, ok in (("dscp", self.dscp), ("counter", self.counter_slots > 0)) if ok)
+        return tuple(n for n, ok in (("dscp", self.dscp), ("counter", self.counter_slots > 0),
+                                     ("vlan", self.vlan_retag)) if ok)
 
     def with_counter_names(self, names: Sequence[str]) -> PipelineCaps:
         """Indexes 1.. for the policy's counter names, as many as the switch holds (the rest stay in software)."""
@@ -176,7 +179,7 @@ def caps_from_p4info(p4info: Any, port_vlans: Mapping[int, int] | None = None) -
         sizes[name] = t.size
     return PipelineCaps(tables=tables, nat_tables=frozenset(nat), idle_timeout=frozenset(idle), sizes=sizes,
                         port_vlans=dict(port_vlans or {}), stmt_tables=frozenset(stmt), dscp="dscp" in stmt_params,
-                        counter_slots=slots if "counter_idx" in stmt_params else 0)
+                        counter_slots=slots if "counter_idx" in stmt_params else 0, vlan_retag="vid" in stmt_params)
 
 
 def _addr(b: bytes) -> int:
@@ -214,7 +217,12 @@ def entry_for(t: FlowTuple, rw: Rewrite, caps: PipelineCaps, timeout_ns: int = 0
     if rw.vlan_push != out_vlan:
         raise Unsupported(f"VLAN push on egress port {rw.out_port} is per port in the pipeline "
                           f"(vid {out_vlan}); the action list says {rw.vlan_push}")
-    stmt = rw.dscp is not None or bool(rw.counters)
+    # a retag matters only where the egress port is tagged (its tag gets the statement's VLAN id)
+    retag = rw.vlan_retag if rw.vlan_retag is not None and out_vlan is not None else None
+    stmt = rw.dscp is not None or bool(rw.counters) or retag is not None
+    if retag is not None and not (caps.vlan_retag and table in caps.stmt_tables):
+        raise Unsupported(f"vlan={retag}: the switch cannot retag on egress port {rw.out_port} "
+                          f"(build with [features] vlan_retag = true)")
     if rw.dscp is not None and not (caps.dscp and table in caps.stmt_tables):
         raise Unsupported(f"dscp={dscp_name(rw.dscp)}: the switch cannot set DSCP in {table} "
                           f"(build with [features] dscp = true)")
@@ -243,6 +251,8 @@ def entry_for(t: FlowTuple, rw: Rewrite, caps: PipelineCaps, timeout_ns: int = 0
             params.update(set_dscp=int(rw.dscp is not None), dscp=rw.dscp or 0)
         if caps.counter_slots:
             params["counter_idx"] = caps.counter_index[rw.counters[0]] if rw.counters else 0
+        if caps.vlan_retag:
+            params.update(set_vid=int(retag is not None), vid=retag or 0)
     idle = timeout_ns if table in caps.idle_timeout else 0
     return FlowUpdate(op, table, match, action, params, idle)
 
@@ -263,6 +273,7 @@ class DecodedEntry:
     leaves_as: builtins.tuple[bytes, bytes, int, int]  # (src, dst, sport, dport) after NAT
     dscp: int | None = None
     counter_idx: int = 0
+    vlan_retag: int | None = None
 
 
 def tuple_of(table: str, match: Mapping[str, Any], caps: PipelineCaps) -> FlowTuple | None:
@@ -294,6 +305,7 @@ def decode_entry(entry: SwitchEntry, caps: PipelineCaps) -> DecodedEntry | None:
         else:
             leaves = (t.src, t.dst, t.sport, t.dport)
         dscp = p["dscp"] if p.get("set_dscp") else None
-        return DecodedEntry(t, p["port"], smac, dmac, leaves, dscp, p.get("counter_idx", 0))
+        return DecodedEntry(t, p["port"], smac, dmac, leaves, dscp, p.get("counter_idx", 0),
+                            p["vid"] if p.get("set_vid") else None)
     except (KeyError, OverflowError, ValueError, TypeError):
         return None

@@ -27,7 +27,8 @@ The TOML section (parsed by :func:`parse_flowtable`, called by the router config
     oif = "wan"               # egress switch port(s) of the original direction
     set = { dscp = "cs3" }    # statements for every packet of the matching connections, both directions,
     counter = "web"           # on every path (slow path, software fast path, switch): DSCP (a name like
-                              # "cs3", "af41", "ef" or 0-63; ECN bits kept) and a named counter
+                              # "cs3", "af41", "ef" or 0-63; ECN bits kept), a named counter, and
+                              # set = { vlan = 200 }: VLAN retag on a tagged egress port
 
 Statements are the ``fast_fwd`` idea from the 2023 netfilter thread: in Linux a forward-chain statement such
 as ``ip dscp set cs3`` runs only while a connection takes the classic path and is lost once it is offloaded;
@@ -47,7 +48,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.actions import DSCP_NAMES, Count, SetDscp, Statement
+from runtime.actions import DSCP_NAMES, Count, SetDscp, SetVlan, Statement
 from runtime.config import PortRange
 
 IPPROTO_TCP = 6
@@ -193,7 +194,7 @@ class FlowtableConfig:
 
 _TOP_KEYS = ("ports", "tcp_timeout", "udp_timeout", "close_timeout", "hw_offload", "default", "rules")
 _RULE_KEYS = ("action", "proto", "src", "dst", "sport", "dport", "iif", "oif", "set", "counter")
-_SET_KEYS = ("dscp",)
+_SET_KEYS = ("dscp", "vlan")
 
 
 def _unknown(path: str, key: str, known: Sequence[str]) -> PolicyError:
@@ -331,11 +332,18 @@ def _statements(path: str, raw: Mapping[str, Any]) -> tuple[Statement, ...]:
     if "set" in raw:
         sets = raw["set"]
         if not isinstance(sets, Mapping) or not sets:
-            raise PolicyError(f"{path}.set", 'expected a table of fields to set, like set = { dscp = "cs3" }')
+            raise PolicyError(f"{path}.set", 'expected a table of fields to set, like set = { dscp = "cs3" } '
+                              'or set = { vlan = 200 }')
         for key in sets:
             if key not in _SET_KEYS:
                 raise _unknown(f"{path}.set", str(key), _SET_KEYS)
-        out.append(SetDscp(_dscp(f"{path}.set.dscp", sets["dscp"])))
+        if "dscp" in sets:
+            out.append(SetDscp(_dscp(f"{path}.set.dscp", sets["dscp"])))
+        if "vlan" in sets:
+            vid = sets["vlan"]
+            if isinstance(vid, bool) or not isinstance(vid, int) or not 1 <= vid <= 4094:
+                raise PolicyError(f"{path}.set.vlan", f"expected a VLAN id 1-4094, got {vid!r}")
+            out.append(SetVlan(vid))
     if "counter" in raw:
         name = raw["counter"]
         if not isinstance(name, str) or not _COUNTER_NAME.match(name):

@@ -306,3 +306,22 @@ def test_statements_dscp_and_counter_on_the_fast_path() -> None:
     assert q[IPv6].tc == (46 << 2) | 2 and q[IPv6].fl == 0 and q[IPv6].hlim == 8
     assert q[UDP].chksum == Ether(bytes(Ether(src=MAC_A, dst=MAC_B) / six / UDP(sport=5, dport=6) / Raw(b"x" * 10)))[UDP].chksum
     assert counters.snapshot() == {"web": {"packets": 3, "bytes": 3 * 45}}
+
+
+def test_vlan_retag_pushed_by_the_fast_path_where_the_pipeline_would_push_the_port_vid() -> None:
+    """The pipeline tags port 4 with VLAN 100 itself; a retagged connection's packets leave the fast path
+    already tagged 200 (the pipeline keeps a tag the controller put on)."""
+    from runtime.actions import SetVlan
+
+    ft = FlowTable(FlowtableConfig(), clock=FakeClock())
+    vlans = {4: 100}
+    od, rd = directions(*nat_tuples(), port_vlans=vlans, statements=(SetVlan(200),))
+    _, flow = ft.offer(FakeConn(), od, rd, seen_reply=True, tcp_established=True)
+    assert flow is not None
+    out = FastPath(ft, pipeline_vlans=vlans).forward(tcp4("10.0.0.1", "8.8.8.8", 40000, 80), 1)
+    assert out is not None
+    p = Ether(out.frame)
+    assert p[Dot1Q].vlan == 200 and p[IP].src == "192.0.2.1"
+    checksums_valid(out.frame)
+    back = FastPath(ft, pipeline_vlans=vlans).forward(tcp4("8.8.8.8", "192.0.2.1", 80, 60000), 4)
+    assert back is not None and Dot1Q not in Ether(back.frame), "leaving untagged: nothing to retag"

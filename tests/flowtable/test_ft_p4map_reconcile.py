@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ftutil import FakeClock, FakeConn, FakeSwitch, directions, make_table, nat_tuples, offer
 
-from runtime.actions import Count, DecTtl, Output, SetDscp, SetEthDst, SetEthSrc, flatten
+from runtime.actions import Count, DecTtl, Output, SetDscp, SetEthDst, SetEthSrc, SetVlan, flatten
 from runtime.flowtable.core import Flow, FlowTable
 from runtime.flowtable.model import FlowFlag, FlowTuple
 from runtime.flowtable.offload import OffloadEngine
@@ -56,7 +56,7 @@ def test_caps_from_generated_p4info(default_caps: PipelineCaps, tmp_path: Path) 
     assert default_caps.statements() == ("dscp", "counter")
     vlan = caps_from_p4info(_p4info(tmp_path, "vlan"), port_vlans={3: 100})
     assert dict(vlan.tables) == {4: "flow_v4"} and vlan.idle_timeout == frozenset() and vlan.sizes == {"flow_v4": 256}
-    assert vlan.stmt_tables == frozenset() and vlan.statements() == (), "the vlan profile has no statements"
+    assert vlan.stmt_tables == {"flow_v4"} and vlan.statements() == ("vlan",), "the vlan profile can retag only"
 
 
 def test_statements_become_the_entry_or_keep_the_flow_in_software(default_caps: PipelineCaps) -> None:
@@ -85,6 +85,21 @@ def test_statements_become_the_entry_or_keep_the_flow_in_software(default_caps: 
         entry_for(o.tuple, o.rewrite, dataclasses.replace(default_caps, counter_slots=1).with_counter_names(["mail", "web"]))
     plain, _ = directions(*nat_tuples())
     assert entry_for(plain.tuple, plain.rewrite, no_dscp).action == "offload_nat"
+
+
+def test_vlan_retag_on_tagged_egress_only() -> None:
+    """set = { vlan = 200 }: the entry of the direction leaving the tagged port carries set_vid/vid; the other
+    direction (untagged egress) has nothing to retag; a switch without retag keeps the flow in software."""
+    caps = PipelineCaps(port_vlans={4: 100}, dscp=False, counter_slots=0, vlan_retag=True)
+    o, r = directions(*nat_tuples(), port_vlans={4: 100}, statements=(SetVlan(200),))
+    e = entry_for(o.tuple, o.rewrite, caps)
+    assert e.action == "offload_nat_stmt" and (e.params["set_vid"], e.params["vid"]) == (1, 200)
+    d = decode_entry(SwitchEntry(e.table, e.match, e.action, e.params), caps)
+    assert d is not None and d.vlan_retag == 200
+    back = entry_for(r.tuple, r.rewrite, caps)
+    assert back.action == "offload_nat", "leaving untagged: the retag has nothing to do"
+    with pytest.raises(Unsupported, match=r"^vlan=200: the switch cannot retag on egress port 4"):
+        entry_for(o.tuple, o.rewrite, dataclasses.replace(caps, vlan_retag=False))
 
 
 def test_unsupported_statement_stays_in_software_counted_and_shown() -> None:

@@ -220,9 +220,9 @@ control ingress(inout headers_t hdr, inout metadata_t meta,
         meta.nat_dport = dport;
     }
 
-    /* As offload / offload_nat, and the connection's policy statements, applied here as on every other path
-       of the connection: set_dscp/dscp (the DSCP statement; 0 = none) and counter_idx (the index of
-       a named counter in stmt_counter; 0 = none). */
+    /* As offload / offload_nat, and the connection's policy statements, applied here as on every
+       other path of the connection. set_dscp/dscp: the DSCP statement (set_dscp 0: none);
+       counter_idx: a named counter's index in stmt_counter (0: none). */
     action offload_stmt(port_t port, mac_addr_t smac, mac_addr_t dmac, bit<1> set_dscp, bit<6> dscp, bit<8> counter_idx) {
         meta.fwd = 1;
         meta.out_port = port;

@@ -157,6 +157,24 @@ def test_statements_apply_on_the_slow_path_both_directions(h: Harness) -> None:
     assert h.sp.counters.snapshot()["web"]["packets"] == 2
 
 
+def test_vlan_retag_on_the_slow_path(h: Harness) -> None:
+    """Port 4 tagged 100 by the pipeline; a retagged connection's packets leave the slow path already tagged
+    200 (the pipeline keeps a tag the controller put on), fragmented the same if need be."""
+    from scapy.layers.l2 import Dot1Q
+
+    from runtime.actions import SetVlan
+
+    h.sp.port_vlans = {4: 100}
+    h.sp.statements = lambda *_: (SetVlan(200),)  # type: ignore[assignment]
+    h.learn()
+    syn = Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20") / TCP(sport=40000, dport=80, flags="S")
+    [(port, out)] = h.send(1, syn)
+    assert port == 4 and out[Dot1Q].vlan == 200 and out[IP].src == "192.0.2.1" and valid_checksums(out)
+    big = Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20", flags=0) / UDP(sport=5, dport=6) / Raw(b"x" * 1600)
+    frags = h.send(1, big)
+    assert len(frags) == 2 and all(f[Dot1Q].vlan == 200 and ip_checksum_ok(f) for _, f in frags)
+
+
 def test_udp_checksum_zero_stays_zero(h: Harness) -> None:
     h.learn()
     pkt = Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20") / UDP(sport=5000, dport=53, chksum=0) / b"q"

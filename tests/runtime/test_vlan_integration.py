@@ -6,6 +6,8 @@ B's interface tags everything it sends and untags what it receives (eBPF, this k
 switch pops the tag on the way in and pushes it on the way out, the router masquerades A behind 192.0.2.1.
 What the user must see: connections through the uplink reach [HW_OFFLOAD] with both entries on the switch,
 the data arrives intact, a controller restart adopts the live flow, and no flow is refused by the switch.
+The third policy statement, VLAN retag (set = { vlan = 200 } for TCP to port 5006), is seen at B: every
+packet of that connection arrives tagged 200 instead of the uplink's 100, whichever path carried it.
 Runs on softswitch and BMv2.
 """
 
@@ -22,7 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostapps import TCP_CLIENT, TCP_SERVER, UDP_CLIENT, UDP_SERVER, start_server, stop
+from hostapps import (
+    CAPTURE,
+    TCP_CLIENT,
+    TCP_SERVER,
+    UDP_CLIENT,
+    UDP_SERVER,
+    finish_capture,
+    start_server,
+    stop,
+    wait_for,
+)
 from test_flowtable_integration import Controller, offloadgen
 
 from offloadgen.build import build
@@ -37,6 +49,14 @@ REPO = Path(__file__).resolve().parents[2]
 UPLINK_ADDR = "192.0.2.1"
 B_ADDR = "192.0.2.20"
 VID = 100
+RETAG_VID = 200
+RETAG_RULE = f"""
+[[flowtable.rules]]
+action = "offload"
+proto = "tcp"
+dport = 5006
+set = {{ vlan = {RETAG_VID} }}
+"""
 
 
 @dataclass
@@ -81,7 +101,9 @@ def run_vlan_lab(kind: str, build_dir: Path, config: Path, tmp: Path) -> Iterato
 @pytest.fixture(scope="module", params=KINDS)
 def vlab(request: pytest.FixtureRequest, vlan_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VlanLab]:
     tmp = tmp_path_factory.mktemp(f"vlan-{request.param}")
-    with run_vlan_lab(request.param, vlan_build, REPO / "configs" / "router-vlan.toml", tmp) as lab:
+    config = tmp / "router-vlan.toml"
+    config.write_text((REPO / "configs" / "router-vlan.toml").read_text() + RETAG_RULE)
+    with run_vlan_lab(request.param, vlan_build, config, tmp) as lab:
         yield lab
 
 
@@ -157,3 +179,27 @@ def test_controller_restart_adopts_a_live_uplink_flow(vlab: VlanLab) -> None:
         if proc.poll() is None:
             proc.kill()
         stop(srv)
+
+
+def test_vlan_retag_statement_on_every_packet(vlab: VlanLab) -> None:
+    """Every packet of the retagged connection reaches B tagged 200, not the uplink's 100: the slow path's
+    handshake, the switch's bulk, the close."""
+    cap = vlab.b.popen(sys.executable, "-c", CAPTURE, "5006", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
+    srv = start_server(vlab.b, TCP_SERVER, "0.0.0.0", "5006")
+    size = 4 * 1024 * 1024
+    proc, sport = transfer(vlab, size, 0.03, 5006)
+    try:
+        flow = vlab.ctl.wait_flow("tcp", 5006, sport=sport, timeout=10, what="the retagged transfer to reach [HW_OFFLOAD]")
+        [out_entry] = [e for e in entries_of(vlab, flow["id"]) if e["params"]["port"] == 3]
+        assert out_entry["action"] == "offload_nat_stmt" and out_entry["params"]["vid"] == RETAG_VID, out_entry
+        assert flow["orig"]["statements"] == f"vlan={RETAG_VID}@switch", flow
+        finish(proc, size)
+        wait_for(lambda: vlab.ctl.flow("tcp", 5006, sport=sport) is None, 15, "the closed flow to leave the flowtable")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop(srv)
+        seen = finish_capture(cap)
+    assert seen["drops"] == 0 and seen["syn"] >= 1 and seen["fin"] >= 1, seen
+    assert seen["vid"] == {RETAG_VID: seen["packets"]} and seen["packets"] > 2500, seen

@@ -73,12 +73,14 @@ def _cases(sw: Switch, rng: random.Random) -> tuple[list[tuple[int, bytes]], lis
         else:
             args = [out_port, smac, dmac]
             action = "ingress.offload"
-        if (p.dscp or p.named_counters) and rng.random() < 0.5:
-            # the policy statements: DSCP (ECN bits of the packet kept) and a named counter's index
+        if p.statements and rng.random() < 0.5:
+            # the policy statements: DSCP (ECN bits of the packet kept), a named counter's index, a VLAN retag
             if p.dscp:
                 args += [rng.randrange(2), rng.randrange(64)]
             if p.named_counters:
                 args.append(rng.randrange(p.named_counters + 1))
+            if p.vlan_retag:
+                args += [rng.randrange(2), rng.randrange(1, 4095)]
             action += "_stmt"
         cmds.append(f"table_add {table} {action} {' '.join(map(str, key))} => {' '.join(map(str, args))}")
         params = {n: v for n, v in enumerate(args, start=1)}
@@ -133,6 +135,9 @@ def _cases(sw: Switch, rng: random.Random) -> tuple[list[tuple[int, bytes]], lis
     for x in p.ports:  # packet-out to every port
         out = bytes(Ether(dst=PEER) / IP(dst="10.1.1.1") / UDP() / Raw(b"from-the-cpu"))
         cases.append((p.cpu_port, (x.number << 7).to_bytes(2, "big") + out))
+        if tagged:  # already tagged by the controller (a retagged connection): the tag is kept as it is
+            out = bytes(Ether(dst=PEER) / Dot1Q(vlan=300) / IP(dst="10.1.1.1") / UDP() / Raw(b"tagged-by-the-cpu"))
+            cases.append((p.cpu_port, (x.number << 7).to_bytes(2, "big") + out))
     for vport, vid in tagged.items():
         bad = Ether(dst="02:00:00:00:00:01") / Dot1Q(vlan=(vid % 4094) + 1) / IP(src="10.0.0.1", dst="10.0.0.2") / TCP()
         cases.append((vport, bytes(bad)))
