@@ -153,10 +153,14 @@ class FastPath:
                     ft.mark_closing(flow)
                     self._except("fin_rst")
                     return None
+            try:
+                pkt = P.parse(frame)
+            except P.PacketError:  # lengths were checked; a frame that still does not parse is the slow path's
+                self._except("malformed")
+                return None
             ft.refresh(flow)
             ft.account(flow, d, l3_len)
         # The direction's action list, run by the same executor as the slow path's: one rewrite, one
         # checksum helper, the policy's statements included.
-        pkt = P.parse(frame)
         out = execute(fd.actions, pkt, count=self.count, pipeline_vlans=self.pipeline_vlans)
         return Forwarded(out, bytes(pkt.data), flow, d)
