@@ -186,9 +186,9 @@ def statements_of(actions: ActionList) -> tuple[Statement, ...]:
 
 @dataclass(slots=True)
 class NamedCounters:
-    """The named counters' values: packets and bytes per name, added to by every path that carries a packet
-    (the slow path and the software fast path per packet, the switch's per-entry counters when read).
-    Its own lock: the paths run on different threads."""
+    """The software paths' part of the named counters: packets and bytes per name, added to per packet by the
+    slow path and the software fast path (the switch's part is its ``stmt_counter``, read when asked). Its
+    own lock: the paths run on different threads."""
 
     values: dict[str, list[int]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -253,8 +253,8 @@ def execute(actions: ActionList, pkt: P.Packet, *, count: CountHook | None = Non
     """Apply the list to a parsed packet in place (checksums fixed incrementally); returns the output port.
 
     Every path runs this one executor: the slow path on the packets it forwards, the software fast path on
-    the packets of offloaded connections. ``count`` receives the named counters' increments (the IP
-    length of the packet). VLAN: the switch pipeline pops the tag on ingress and pushes it on egress for its
+    the packets of offloaded connections. ``count`` receives the named counters' increments (one packet and
+    its frame length, the bytes the switch's counters count). VLAN: the switch pipeline pops the tag on ingress and pushes it on egress for its
     VLAN ports (``pipeline_vlans``, packet-outs included), so those actions are already done there; anywhere
     else the tag is popped / pushed here, after the header rewrites so that no offset moves under them.
     """
@@ -282,7 +282,7 @@ def execute(actions: ActionList, pkt: P.Packet, *, count: CountHook | None = Non
                 P.set_dscp(pkt, dscp)
             case Count(name):
                 if count is not None:
-                    count(name, 1, pkt.ip_len)
+                    count(name, 1, len(pkt.data))  # frame bytes, as the switch's counters count them
             case SetVlan(vid):
                 retag = vid
             case DecTtl():

@@ -398,8 +398,8 @@ class Offloader:
                 "since_last_hit_ms": (e.time_since_last_hit_ns // 1_000_000
                                       if e.time_since_last_hit_ns is not None else None),
                 "flow": hit[0].id if hit else None, "dir": hit[1].name.lower() if hit else None,
-                # the policy statements this entry carries out (dscp as its parameter, a named counter as the
-                # entry's direct counter)
+                # the policy statements this entry carries out (as its action's parameters: dscp, the named
+                # counter's index in stmt_counter, the retag VLAN id)
                 "statements": format_actions(statements_of(hit[0].dirs[hit[1]].actions)) if hit else "",
             })
         return out

@@ -305,7 +305,7 @@ def test_statements_dscp_and_counter_on_the_fast_path() -> None:
     q = Ether(out6.frame)
     assert q[IPv6].tc == (46 << 2) | 2 and q[IPv6].fl == 0 and q[IPv6].hlim == 8
     assert q[UDP].chksum == Ether(bytes(Ether(src=MAC_A, dst=MAC_B) / six / UDP(sport=5, dport=6) / Raw(b"x" * 10)))[UDP].chksum
-    assert counters.snapshot() == {"web": {"packets": 3, "bytes": 3 * 45}}
+    assert counters.snapshot() == {"web": {"packets": 3, "bytes": 3 * 59}}, "three 59-byte frames"
 
 
 def test_vlan_retag_pushed_by_the_fast_path_where_the_pipeline_would_push_the_port_vid() -> None:

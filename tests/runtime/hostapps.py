@@ -114,7 +114,8 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 CAPTURE = r"""
 import json, signal, socket, struct, sys
-# port: the TCP packets of that port this host receives (not those it sends): how many, by DSCP and by VLAN id
+# port: the TCP packets of that port this host receives (not those it sends): how many (and their frame bytes),
+# by DSCP and by VLAN id
 # (0: untagged; the kernel hands a tag over in the packet's metadata, PACKET_AUXDATA), SYNs and FINs, and the
 # socket's drops (PACKET_STATISTICS), so a capture that missed packets cannot pass for a complete one
 port = int(sys.argv[1])
@@ -125,7 +126,7 @@ s.bind(("eth0", 0))
 s.settimeout(0.2)
 done = []
 signal.signal(signal.SIGTERM, lambda *_: done.append(1))
-dscp, vids, n, syn, fin = {}, {}, 0, 0, 0
+dscp, vids, n, nbytes, syn, fin = {}, {}, 0, 0, 0, 0
 print("ready", flush=True)
 while not done:
     try:
@@ -150,13 +151,14 @@ while not done:
     if port not in (sp, dp):
         continue
     n += 1
+    nbytes += len(frame)
     d = frame[l3 + 1] >> 2
     dscp[d] = dscp.get(d, 0) + 1
     vids[vid] = vids.get(vid, 0) + 1
     syn += bool(frame[l4 + 13] & 2)
     fin += bool(frame[l4 + 13] & 1)
 _packets, drops = struct.unpack("II", s.getsockopt(263, 6, 8))  # SOL_PACKET, PACKET_STATISTICS
-print(json.dumps({"packets": n, "dscp": dscp, "vid": vids, "syn": syn, "fin": fin, "drops": drops}), flush=True)
+print(json.dumps({"packets": n, "bytes": nbytes, "dscp": dscp, "vid": vids, "syn": syn, "fin": fin, "drops": drops}), flush=True)
 """
 
 

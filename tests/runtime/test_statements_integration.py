@@ -130,6 +130,8 @@ def test_every_packet_marked_and_counted_over_the_whole_life(slab: tuple[str, La
     stats = lab.ctl.stats()
     web = stats["flowtable"]["named_counters"]["web"]
     assert web["packets"] == at_a["packets"] + at_b["packets"], (web, at_a, at_b)
+    # and their bytes: frames as the switch counts them (the router's rewrites do not change a frame's length)
+    assert web["bytes"] == at_a["bytes"] + at_b["bytes"], (web, at_a, at_b)
     ctl = stats["controller"]
     if variant == "dscp":
         assert ctl["hw_packets"] > 1000, "the switch carried (and marked) most of it"
