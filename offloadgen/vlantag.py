@@ -89,7 +89,11 @@ def load(program: bytes, name: str) -> int:
 def attach(ifindex: int, prog_fd: int, attach_type: int) -> None:
     attr = ctypes.create_string_buffer(64)
     struct.pack_into("<IIII", attr, 0, ifindex, prog_fd, attach_type, 0)
-    _bpf(BPF_PROG_ATTACH, attr)
+    try:
+        _bpf(BPF_PROG_ATTACH, attr)
+    except VlanTagError as exc:
+        raise VlanTagError(exc.errno, f"attaching with tcx: {exc.strerror} (tcx needs Linux 6.6 or later with "
+                           "CONFIG_NET_XGRESS; run as root)") from None
 
 
 def tag_interface(iface: str, vid: int) -> None:
