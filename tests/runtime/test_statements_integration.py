@@ -140,3 +140,42 @@ def test_every_packet_marked_and_counted_over_the_whole_life(slab: tuple[str, La
         assert stats["flowtable"]["counters"]["hw_unsupported"] >= 1
     text = offloadgen("stats", "--status-socket", str(lab.ctl.sock)).stdout
     assert re.search(rf"counter web\s+packets\s+{web['packets']} ", text), text
+
+
+def test_restarted_controller_adopts_a_marked_flow_with_its_statements(slab: tuple[str, Lab]) -> None:
+    """SIGKILL the controller mid-transfer. With entries on the switch, the switch goes on marking and the
+    restarted controller rebuilds the connection from them with the policy's statements, so the entries
+    match and stay. Without (the no-dscp profile), the restarted controller picks the connection up mid-stream
+    from its packets, with the statements again. Either way no packet arrives unmarked."""
+    variant, lab = slab
+    cap = lab.b.popen(sys.executable, "-c", CAPTURE, str(PORT), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
+    srv = start_server(lab.b, TCP_SERVER, "0.0.0.0", str(PORT))
+    size = 6 * 1024 * 1024
+    client = lab.a.popen(sys.executable, "-c", TCP_CLIENT, B_ADDR, str(PORT), str(size), "0.05",
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert client.stdout is not None
+        sport = int(client.stdout.readline().split()[1])
+        state = "hw_offloaded" if variant == "dscp" else "offloaded"
+        lab.ctl.wait_flow("tcp", PORT, sport=sport, state=state, timeout=10, what="the marked flow to be offloaded")
+        lab.ctl.kill()
+        lab.ctl.start()
+        after = lab.ctl.wait_flow("tcp", PORT, sport=sport, state=state, timeout=10,
+                                  what="the restarted controller to take the flow again")
+        where = "switch" if variant == "dscp" else "software"
+        assert after["orig"]["statements"] == f"dscp=cs3@{where},counter=web@{where}", after
+        st = lab.ctl.stats()["flowtable"]
+        if variant == "dscp":
+            assert st["rebuilt"] >= 1 and st["counters"]["hw_unsupported"] == 0, st
+            entries = [e for e in lab.ctl.entries() if e["flow"] == after["id"]]
+            assert len(entries) == 2 and all(e["params"]["dscp"] == CS3 for e in entries), entries
+        stdout, stderr = client.communicate(timeout=120)
+        assert client.returncode == 0, stderr
+        assert stdout.splitlines()[-1].split()[1] == str(size)
+    finally:
+        if client.poll() is None:
+            client.kill()
+        stop(srv)
+        seen = finish_capture(cap)
+    assert seen["drops"] == 0 and seen["dscp"] == {CS3: seen["packets"]}, seen
