@@ -11,6 +11,7 @@ import contextlib
 import secrets
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -47,6 +48,7 @@ class Host:
     mac: str
     ipv4: str | None = None  # CIDR
     ipv6: str | None = None
+    vlan: int | None = None  # the host's frames carry this 802.1Q tag on the wire
 
     @property
     def ip4(self) -> str:
@@ -88,7 +90,9 @@ class Netlab:
         return a, b
 
     def add_host(self, name: str, mac: str, ipv4: str | None = None, gw4: str | None = None,
-                 ipv6: str | None = None, gw6: str | None = None) -> Host:
+                 ipv6: str | None = None, gw6: str | None = None, vlan: int | None = None) -> Host:
+        """A host in a new namespace; with ``vlan`` it sends and expects frames tagged with that VLAN id (an
+        access port of a trunk, as on a switch's tagged uplink), tagged by eBPF since the kernel has no 8021q."""
         ns = f"og{self.tag}-{name}"
         sw = f"s{self.tag}{name}"[:15]
         sh("ip", "netns", "add", ns)
@@ -104,6 +108,8 @@ class Netlab:
         sh("sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0", ns=ns, check=False)
         sh("ip", "link", "set", "eth0", "up", ns=ns)
         disable_offloads("eth0", ns=ns)
+        if vlan is not None:
+            sh(sys.executable, "-m", "offloadgen.vlantag", "eth0", str(vlan), ns=ns)
         if ipv4:
             sh("ip", "addr", "add", ipv4, "dev", "eth0", ns=ns)
             if gw4:
@@ -112,7 +118,7 @@ class Netlab:
             sh("ip", "-6", "addr", "add", ipv6, "dev", "eth0", "nodad", ns=ns)
             if gw6:
                 sh("ip", "-6", "route", "add", "default", "via", gw6, ns=ns)
-        host = Host(name, ns, "eth0", sw, mac, ipv4, ipv6)
+        host = Host(name, ns, "eth0", sw, mac, ipv4, ipv6, vlan)
         self.hosts[name] = host
         return host
 

@@ -110,6 +110,16 @@ class Profile:
     counters: bool
     idle_timeout: bool
     punt: Punt
+    # Which policy statements the switch applies itself (offload_stmt / offload_nat_stmt): DSCP
+    # (set = { dscp = ... }) and how many named counters (counter = "name") it holds. A connection with a
+    # statement the switch cannot do stays on the software fast path.
+    dscp: bool = False
+    named_counters: int = 0
+    vlan_retag: bool = False  # a connection's VLAN id on tagged egress ports (set = { vlan = ... })
+
+    @property
+    def statements(self) -> bool:
+        return self.dscp or self.named_counters > 0 or self.vlan_retag
     digest: str = field(default="")
 
     @property
@@ -137,7 +147,7 @@ class Profile:
 
 
 _TOP_KEYS = {"name", "description", "cpu_port", "features", "table_size", "punt", "ports"}
-_FEATURE_KEYS = {"ipv4", "ipv6", "nat", "counters", "idle_timeout"}
+_FEATURE_KEYS = {"ipv4", "ipv6", "nat", "counters", "idle_timeout", "dscp", "named_counters", "vlan_retag"}
 _SIZE_KEYS = {"ipv4", "ipv6"}
 _PORT_KEYS = {"port", "name", "mac", "mtu", "vlan"}
 
@@ -216,6 +226,9 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>") -> Profile:
     nat = c.boolean(features, "nat", "features", False)
     counters = c.boolean(features, "counters", "features", True)
     idle_timeout = c.boolean(features, "idle_timeout", "features", True)
+    dscp = c.boolean(features, "dscp", "features", False)
+    named_counters = c.integer(features, "named_counters", "features", 0, 0, 255)
+    vlan_retag = c.boolean(features, "vlan_retag", "features", False)
     if not (ipv4 or ipv6):
         c.problems.append("features: at least one of ipv4 and ipv6 must be true")
     if nat and not ipv4:
@@ -274,6 +287,9 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>") -> Profile:
             vlan = c.integer(raw, "vlan", where, None, 1, 4094)
         ports.append(Port(number, pname, mac.lower(), mtu, vlan))
 
+    if vlan_retag and not any(p.vlan is not None for p in ports):
+        c.problems.append("features.vlan_retag: retagging needs a tagged port; give a [[ports]] table a vlan "
+                          "or set vlan_retag = false")
     if c.problems:
         raise ProfileError(source, c.problems)
     return Profile(
@@ -289,6 +305,9 @@ def parse_profile(data: dict[str, Any], source: str = "<profile>") -> Profile:
         counters=counters,
         idle_timeout=idle_timeout,
         punt=punt,
+        dscp=dscp,
+        named_counters=named_counters,
+        vlan_retag=vlan_retag,
     )
 
 

@@ -7,7 +7,9 @@ parameters (:func:`flatten`), ``offloadgen flows`` prints it (:func:`format_acti
 ...) are added here, once, and every path sees them.
 
 The order follows ``nf_flow_rule_route_ipv4``: VLAN pop, Ethernet source and destination, source NAT
-(address, port), destination NAT (address, port), TTL decrement, VLAN push, output (always last). NAT values
+(address, port), destination NAT (address, port), the policy's statements (DSCP, named counter: the
+``fast_fwd`` idea from the 2023 netfilter thread on DSCP marks lost once a flow is offloaded), TTL decrement,
+VLAN push, output (always last). NAT values
 come from the *other* direction's tuple (``flow_offload_ipv4_snat``/``_dnat``): a packet of this direction
 leaves looking like the other direction's tuple reversed.
 
@@ -17,8 +19,9 @@ For an ICMP echo, "port" means its identifier (both ports of its conntrack tuple
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import packet as P
@@ -89,6 +92,56 @@ class DecTtl:
         return "dec_ttl"
 
 
+#: DSCP names as nft writes them (``ip dscp set cs3``); numbers print as numbers.
+DSCP_NAMES: dict[str, int] = {
+    **{f"cs{i}": i * 8 for i in range(8)},
+    **{f"af{c}{d}": c * 8 + d * 2 for c in range(1, 5) for d in range(1, 4)},
+    "ef": 46, "va": 44, "le": 1,
+}
+_DSCP_BY_VALUE = {v: k for k, v in DSCP_NAMES.items()}
+
+
+def dscp_name(value: int) -> str:
+    return _DSCP_BY_VALUE.get(value, str(value))
+
+
+@dataclass(frozen=True, slots=True)
+class SetDscp:
+    """``ip dscp set`` / ``ip6 dscp set``: the upper six bits of the IPv4 TOS / IPv6 traffic class; the two
+    ECN bits are kept. Changes the IPv4 header checksum only (DSCP is in no transport checksum)."""
+
+    dscp: int
+
+    def __str__(self) -> str:
+        return f"dscp={dscp_name(self.dscp)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """A named counter (nft ``counter name``): packets and bytes of every connection whose list holds it,
+    whichever path carried them."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"counter={self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class SetVlan:
+    """VLAN retag (``FLOW_ACTION_VLAN_MANGLE``, what switches call VLAN translation): a packet that leaves a
+    tagged port carries this VLAN id instead of the port's. No effect where the egress port is untagged."""
+
+    vid: int
+
+    def __str__(self) -> str:
+        return f"vlan={self.vid}"
+
+
+#: Statements the policy adds to a connection's list (the rest comes from routing and NAT).
+Statement = SetDscp | Count | SetVlan
+
+
 @dataclass(frozen=True, slots=True)
 class VlanPush:
     vid: int
@@ -114,7 +167,8 @@ class Output:
         return f"out={self.port}"
 
 
-FlowAction = SetEthSrc | SetEthDst | SetIpSrc | SetIpDst | SetL4Src | SetL4Dst | DecTtl | VlanPush | VlanPop | Output
+FlowAction = (SetEthSrc | SetEthDst | SetIpSrc | SetIpDst | SetL4Src | SetL4Dst | SetDscp | Count | SetVlan | DecTtl
+              | VlanPush | VlanPop | Output)
 ActionList = tuple[FlowAction, ...]
 
 
@@ -124,6 +178,40 @@ class ActionError(ValueError):
 
 def format_actions(actions: ActionList) -> str:
     return ",".join(str(a) for a in actions)
+
+
+def statements_of(actions: ActionList) -> tuple[Statement, ...]:
+    return tuple(a for a in actions if isinstance(a, SetDscp | Count | SetVlan))
+
+
+@dataclass(slots=True)
+class NamedCounters:
+    """The software paths' part of the named counters: packets and bytes per name, added to per packet by the
+    slow path and the software fast path (the switch's part is its ``stmt_counter``, read when asked). Its
+    own lock: the paths run on different threads."""
+
+    values: dict[str, list[int]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def declare(self, names: Sequence[str]) -> None:
+        """Counters named by the policy exist (at zero) before any packet: ``offloadgen stats`` lists them."""
+        with self.lock:
+            for n in names:
+                self.values.setdefault(n, [0, 0])
+
+    def add(self, name: str, packets: int, nbytes: int) -> None:
+        with self.lock:
+            v = self.values.setdefault(name, [0, 0])
+            v[0] += packets
+            v[1] += nbytes
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        with self.lock:
+            return {n: {"packets": v[0], "bytes": v[1]} for n, v in sorted(self.values.items())}
+
+
+#: The counting hook :func:`execute` calls for a :class:`Count`: ``(name, packets, bytes)``.
+CountHook = Callable[[str, int, int], None]
 
 
 def nat_actions(this: CtTuple, other: CtTuple) -> list[FlowAction]:
@@ -141,15 +229,18 @@ def nat_actions(this: CtTuple, other: CtTuple) -> list[FlowAction]:
 
 
 def route_actions(this: CtTuple, other: CtTuple, *, out_port: int, smac: bytes, dmac: bytes,
-                  in_port: int | None = None, port_vlans: Mapping[int, int] | None = None) -> ActionList:
+                  in_port: int | None = None, port_vlans: Mapping[int, int] | None = None,
+                  statements: Sequence[Statement] = ()) -> ActionList:
     """One direction's actions, ``nf_flow_rule_route_ipv4``-style. ``this`` is the tuple this direction's
-    packets arrive with, ``other`` the opposite direction's."""
+    packets arrive with, ``other`` the opposite direction's; ``statements`` are the policy's for the
+    connection."""
     vlans = port_vlans or {}
     acts: list[FlowAction] = []
     if in_port is not None and in_port in vlans:
         acts.append(VlanPop())
     acts += [SetEthSrc(smac), SetEthDst(dmac)]
     acts += nat_actions(this, other)
+    acts += statements
     acts.append(DecTtl())
     if out_port in vlans:
         acts.append(VlanPush(vlans[out_port]))
@@ -157,12 +248,20 @@ def route_actions(this: CtTuple, other: CtTuple, *, out_port: int, smac: bytes, 
     return tuple(acts)
 
 
-def execute(actions: ActionList, pkt: P.Packet) -> int:
+def execute(actions: ActionList, pkt: P.Packet, *, count: CountHook | None = None,
+            pipeline_vlans: Mapping[int, int] | None = None) -> int:
     """Apply the list to a parsed packet in place (checksums fixed incrementally); returns the output port.
 
-    VLAN push/pop are the P4 program's business on packet-out (per-port tagging) and are no-ops here.
+    Every path runs this one executor: the slow path on the packets it forwards, the software fast path on
+    the packets of offloaded connections. ``count`` receives the named counters' increments (one packet and
+    its frame length, the bytes the switch's counters count). VLAN: the switch pipeline pops the tag on ingress and pushes it on egress for its
+    VLAN ports (``pipeline_vlans``, packet-outs included), so those actions are already done there; anywhere
+    else the tag is popped / pushed here, after the header rewrites so that no offset moves under them.
     """
     out: int | None = None
+    pop = False
+    push: int | None = None
+    retag: int | None = None
     for act in actions:
         if out is not None:
             raise ActionError(f"{act} follows the output action; output must be last")
@@ -179,15 +278,48 @@ def execute(actions: ActionList, pkt: P.Packet) -> int:
                 P.set_port(pkt, "src", port)
             case SetL4Dst(port):
                 P.set_port(pkt, "dst", port)
+            case SetDscp(dscp):
+                P.set_dscp(pkt, dscp)
+            case Count(name):
+                if count is not None:
+                    count(name, 1, len(pkt.data))  # frame bytes, as the switch's counters count them
+            case SetVlan(vid):
+                retag = vid
             case DecTtl():
                 P.dec_ttl(pkt)
-            case VlanPush() | VlanPop():
-                pass
+            case VlanPop():
+                pop = True
+            case VlanPush(vid, _pcp):
+                push = vid
             case Output(port):
                 out = port
     if out is None:
         raise ActionError("the action list has no output action")
+    if push is not None and retag is not None:
+        push = retag  # the tag the port would push, with the statement's VLAN id
+    if pipeline_vlans is not None:
+        tagged = pkt.l3 == 18
+        if tagged and pop:
+            del pkt.data[12:16]
+            _shift(pkt, -4)
+            tagged = False
+        if push is not None and pipeline_vlans.get(out) != push:
+            tag = bytes((push >> 8, push & 0xFF))
+            if tagged:
+                pkt.data[14:16] = bytes((pkt.data[14] & 0xF0 | tag[0], tag[1]))
+            else:
+                pkt.data[12:12] = b"\x81\x00" + tag
+                _shift(pkt, 4)
     return out
+
+
+def _shift(pkt: P.Packet, by: int) -> None:
+    """The packet's header offsets after a VLAN tag went in or out (the slow path goes on using them)."""
+    pkt.l3 += by
+    if pkt.l4 >= 0:
+        pkt.l4 += by
+    if pkt.frag_hdr >= 0:
+        pkt.frag_hdr += by
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +336,9 @@ class Rewrite:
     dec_ttl: bool = False
     vlan_pop: bool = False
     vlan_push: int | None = None
+    dscp: int | None = None
+    counters: tuple[str, ...] = ()
+    vlan_retag: int | None = None  # the VLAN id a tagged egress port's tag gets instead of the port's
 
     @property
     def nat(self) -> bool:
@@ -230,6 +365,12 @@ def flatten(actions: ActionList) -> Rewrite:
                 kw["sport"] = port
             case SetL4Dst(port):
                 kw["dport"] = port
+            case SetDscp(dscp):
+                kw["dscp"] = dscp
+            case Count(name):
+                kw["counters"] = (*kw.get("counters", ()), name)  # type: ignore[misc]
+            case SetVlan(vid):
+                kw["vlan_retag"] = vid
             case DecTtl():
                 kw["dec_ttl"] = True
             case VlanPop():

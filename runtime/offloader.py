@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .actions import route_actions
+from .actions import Statement, format_actions, route_actions, statements_of
 from .client import SwitchClient
 from .config import RouterConfig
 from .conntrack import Conn, Conntrack, CtEvent, CtTuple, Dir, Status, TcpState
@@ -38,16 +38,17 @@ from .flowtable.core import Flow, FlowDirection, FlowTable, IdleVerdict, OfferRe
 from .flowtable.fastpath import FastPath
 from .flowtable.model import FlowFlag, FlowTuple
 from .flowtable.offload import OffloadEngine
-from .flowtable.p4map import PipelineCaps, SwitchEntry, caps_from_p4info, delete_for
+from .flowtable.p4map import STMT_COUNTER, PipelineCaps, SwitchEntry, caps_from_p4info, delete_for
 from .flowtable.p4rt import (
     P4RuntimeReader,
     P4RuntimeWriter,
     entry_tuple,
     read_flow_entries,
+    read_indexed_counter,
     read_port_vlans,
     to_switch_entry,
 )
-from .flowtable.policy import FlowtableConfig, PolicyError, parse_flowtable
+from .flowtable.policy import FlowKey, FlowtableConfig, PolicyError, parse_flowtable
 from .flowtable.reconcile import EntryPair, plan_reconcile
 from .flowtable.status import snapshot_flows, snapshot_stats
 from .packet import PacketError, parse
@@ -121,8 +122,8 @@ class Offloader:
         self.client = client
         self.emit = emit
         self.ft = FlowTable(self.policy, clock)
-        self.caps: PipelineCaps = caps_from_p4info(pipeline.p4info.message)
-        self.fast = FastPath(self.ft)
+        self.caps: PipelineCaps = caps_from_p4info(pipeline.p4info.message).with_counter_names(self.policy.counter_names)
+        self.fast = FastPath(self.ft, count=slowpath.counters.add)
         self.engine: OffloadEngine | None = None
         self.hw_packets = 0
         self.hw_bytes = 0
@@ -135,6 +136,8 @@ class Offloader:
         self.ft.listeners.append(self._hold_event)
         conntrack.subscribe(self._ct_event)
         slowpath.on_forward.append(self._offer)
+        slowpath.statements = self._statements
+        slowpath.counters.declare(self.policy.counter_names)
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -148,6 +151,7 @@ class Offloader:
             vlans = {}
         self.caps = dataclasses.replace(self.caps, port_vlans=vlans)
         self.fast.pipeline_vlans = dict(vlans)
+        self.slowpath.port_vlans = dict(vlans)
         self.engine = OffloadEngine(self.ft, P4RuntimeWriter(self.client), self.caps,
                                     P4RuntimeReader(self.client, self.caps))
         self.reconcile(startup=True)
@@ -187,6 +191,15 @@ class Offloader:
         if port is not None:
             fd.mtu = port.mtu
         return fd
+
+    def _statements(self, conn: Conn, direction: Dir, in_port: int, out_port: int) -> tuple[Statement, ...]:
+        """The policy's statements for a connection, asked by the slow path for each direction's list. The
+        rules look at the original direction: a reply comes in where the original leaves."""
+        o = conn.tuples[Dir.ORIGINAL]
+        iif, oif = (in_port, out_port) if direction is Dir.ORIGINAL else (out_port, in_port)
+        key = FlowKey(proto=o.proto, src=ipaddress.ip_address(o.src), dst=ipaddress.ip_address(o.dst),
+                      sport=o.sport, dport=o.dport, iif=iif, oif=oif)
+        return self.policy.statements(key)
 
     def _offer(self, conn: Conn, direction: Dir) -> None:
         """The forward hook: offer the connection of a packet the slow path just forwarded."""
@@ -381,9 +394,12 @@ class Offloader:
         ot = CtTuple(o.tuple.src, o.tuple.dst, o.tuple.proto, o.tuple.sport, o.tuple.dport)
         rt = CtTuple(r.tuple.src, r.tuple.dst, r.tuple.proto, r.tuple.sport, r.tuple.dport)
         acts = []
+        okey = FlowKey(proto=ot.proto, src=ipaddress.ip_address(ot.src), dst=ipaddress.ip_address(ot.dst),
+                       sport=ot.sport, dport=ot.dport, iif=o.tuple.in_port, oif=o.out_port)
+        stmts = self.policy.statements(okey)
         for x, this, other in ((o, ot, rt), (r, rt, ot)):
             acts.append(route_actions(this, other, out_port=x.out_port, smac=x.smac, dmac=x.dmac,
-                                      in_port=x.tuple.in_port))
+                                      in_port=x.tuple.in_port, port_vlans=self.caps.port_vlans, statements=stmts))
             route = self.slowpath.routes.lookup(x.leaves_as[1])
             if route is not None:  # the entry's MAC is what the neighbour had: seed the cache with it
                 nh = route.next_hop(ipaddress.ip_address(x.leaves_as[1])).packed
@@ -422,10 +438,30 @@ class Offloader:
         d["hw_bytes"] = self.hw_bytes
         d["rebuilt"] = self.rebuilt
         d["reconciles"] = self.reconciles
+        d["named_counters"] = self.named_counters()
+        d["switch_statements"] = list(self.caps.statements())
         d["policy"] = {"hw_offload": self.policy.hw_offload, "tcp_timeout_s": self.policy.tcp_timeout_s,
                        "udp_timeout_s": self.policy.udp_timeout_s, "close_timeout_s": self.policy.close_timeout_s,
                        "rules": len(self.policy.rules)}
         return d
+
+    def named_counters(self) -> dict[str, dict[str, int]]:
+        """Each named counter: what the software paths counted plus what the switch counted at its index
+        (``stmt_counter``, read now; it counts every hit, whether or not the entry is still there)."""
+        out = self.slowpath.counters.snapshot()
+        index = self.caps.counter_index
+        if index and self.engine is not None:  # not before the pipeline is on the switch
+            try:
+                hw = read_indexed_counter(self.client, STMT_COUNTER, sorted(index.values()))
+            except (P4RuntimeError, LookupError) as exc:
+                log.warning("reading the named counters from the switch failed: %s", exc)
+                hw = {}
+            for name, i in index.items():
+                packets, nbytes = hw.get(i, (0, 0))
+                v = out.setdefault(name, {"packets": 0, "bytes": 0})
+                v["packets"] += packets
+                v["bytes"] += nbytes
+        return out
 
     def entries(self) -> list[dict[str, Any]]:
         """What the switch holds in its flow tables, each entry joined to the flow that owns it."""
@@ -454,6 +490,9 @@ class Offloader:
                 "since_last_hit_ms": (e.time_since_last_hit_ns // 1_000_000
                                       if e.time_since_last_hit_ns is not None else None),
                 "flow": hit[0].id if hit else None, "dir": hit[1].name.lower() if hit else None,
+                # the policy statements this entry carries out (as its action's parameters: dscp, the named
+                # counter's index in stmt_counter, the retag VLAN id)
+                "statements": format_actions(statements_of(hit[0].dirs[hit[1]].actions)) if hit else "",
             })
         return out
 

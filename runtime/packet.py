@@ -286,6 +286,29 @@ def dec_ttl(pkt: Packet) -> None:
     pkt.ttl -= 1
 
 
+def set_dscp(pkt: Packet, dscp: int) -> None:
+    """Set the DSCP (upper six bits of the IPv4 TOS / IPv6 traffic class), keeping the ECN bits. IPv4: the
+    header checksum follows (``ipv4_change_dsfield``); no transport checksum covers the field."""
+    d, o = pkt.data, pkt.l3
+    if pkt.version == 4:
+        old = bytes(d[o:o + 2])
+        d[o + 1] = (dscp << 2) | (d[o + 1] & 0x03)
+        _replace_at(d, o + 10, old, bytes(d[o:o + 2]))
+    elif pkt.version == 6:
+        # traffic class straddles bytes 0-1: version(4) tc(8) flow label(20); DSCP is tc's top six bits
+        tc = ((d[o] & 0x0F) << 4) | (d[o + 1] >> 4)
+        tc = (dscp << 2) | (tc & 0x03)
+        d[o] = (d[o] & 0xF0) | (tc >> 4)
+        d[o + 1] = ((tc & 0x0F) << 4) | (d[o + 1] & 0x0F)
+
+
+def dscp_of(pkt: Packet) -> int:
+    d, o = pkt.data, pkt.l3
+    if pkt.version == 4:
+        return d[o + 1] >> 2
+    return ((((d[o] & 0x0F) << 4) | (d[o + 1] >> 4)) >> 2) if pkt.version == 6 else 0
+
+
 def set_addr(pkt: Packet, which: str, addr: bytes) -> None:
     """Rewrite the source or destination address, fixing the IPv4 header and transport checksums."""
     d, o = pkt.data, pkt.l3

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from . import packet as P
-from .actions import ActionList, execute, route_actions
+from .actions import ActionList, NamedCounters, Statement, execute, route_actions
 from .config import PortConfig, RouterConfig
 from .conntrack import Conn, Conntrack, CtTuple, Dir, Verdict
 from .nat import Nat, NatError
@@ -48,6 +48,16 @@ class SlowPath:
         self.reasm = Reassembler(clock)
         self.stats: Counter[str] = Counter()
         self._ident = 0
+        #: The pipeline's per-port VLAN tagging (port -> VLAN id), learned from the switch when the flowtable
+        #: starts. The switch pops and pushes these tags itself, so executing the list here changes nothing
+        #: for them; but the list stored on the connection is the one every path shares, and the switch
+        #: only takes an entry whose VLAN actions match its ports.
+        self.port_vlans: dict[int, int] = {}
+        #: The policy's statements for a connection (DSCP, named counter), asked when a direction's list is
+        #: made: ``(conn, direction, in_port, out_port)``. The flowtable's policy sets it; none without one.
+        self.statements: Callable[[Conn, Dir, int, int], tuple[Statement, ...]] = lambda *_: ()
+        #: The named counters every path adds to (shared with the flowtable's fast path and hardware reads).
+        self.counters = NamedCounters()
         #: Called for each forwarded packet of a connection, after its action list is recorded: the forward
         #: chain's ``flow add @ft`` point, where the flowtable is offered the connection.
         self.on_forward: list[Callable[[Conn, Dir], None]] = []
@@ -292,9 +302,13 @@ class SlowPath:
         out = self.config.ports[route.port]
         nh = route.next_hop(ipaddress.ip_address(other.src)).packed
         mac = self.neigh.lookup(route.port, nh)
+        in_port = conn.iif[direction]
+        stmts = self.statements(conn, direction, in_port if in_port is not None else -1, route.port)
         actions: ActionList = route_actions(this, other, out_port=route.port, smac=out.mac, dmac=mac or ZERO_MAC,
-                                            in_port=conn.iif[direction])
-        execute(actions, pkt)
+                                            in_port=in_port, port_vlans=self.port_vlans, statements=stmts)
+        # the connection's statements apply on this path too: a packet is marked and counted whichever
+        # path carries it
+        execute(actions, pkt, count=self.counters.add, pipeline_vlans=self.port_vlans)
         self.stats["forwarded"] += 1
         frames = self._output_frames(pkt, out.mtu)
         if mac is not None:
@@ -480,7 +494,8 @@ class SlowPath:
         out = self.config.ports[route.port]
         nh = route.next_hop(ipaddress.ip_address(pkt.dst)).packed
         mac = self.neigh.lookup(route.port, nh)
-        execute(route_actions(this, this.invert(), out_port=route.port, smac=out.mac, dmac=mac or ZERO_MAC), pkt)
+        execute(route_actions(this, this.invert(), out_port=route.port, smac=out.mac, dmac=mac or ZERO_MAC,
+                              port_vlans=self.port_vlans), pkt, pipeline_vlans=self.port_vlans)
         self.stats["forwarded"] += 1
         for f in self._output_frames(pkt, out.mtu):
             if mac is not None:

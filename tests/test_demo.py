@@ -126,6 +126,10 @@ def test_demo_offloads_and_cleans_up(kind: str, tmp_path: Path) -> None:
     # the TCP transfer closed: its flow left [HW_OFFLOAD] (closing, then out of the flowtable if time allowed)
     assert offloaded["final_state"] != "hw_offloaded", offloaded
     assert baseline["timeline"][0][1] == "slow_path" and not baseline["reached_hw_offload"], baseline
+    # the policy marks the offloaded transfer cs3 on every path: every packet its receiver got carries it
+    assert offloaded["statements"].startswith("dscp=cs3@"), offloaded
+    assert set(offloaded["dscp_at_receiver"]) == {"cs3"} and offloaded["dscp_at_receiver"]["cs3"] > 1000, offloaded
+    assert report["named_counters"]["bulk"]["packets"] > 1000, report["named_counters"]
 
     totals = report["totals"]
     assert totals["switch_share"] > 0.5, totals  # the switch, not the controller, carried most packets

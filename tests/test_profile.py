@@ -106,3 +106,13 @@ def test_not_toml(tmp_path: Path) -> None:
     bad.write_text("name = \n")
     with pytest.raises(ProfileError, match="not valid TOML"):
         load_profile(bad)
+
+
+def test_statement_features() -> None:
+    """[features] dscp / named_counters: what the switch can apply of the policy's statements."""
+    assert problems(base(features={"named_counters": 300})) == [
+        "features.named_counters: 300 is out of range; give an integer from 0 to 255"]
+    assert problems(base(features={"dscp": "yes"})) == ["features.dscp: 'yes' is not true or false"]
+    assert problems(base(features={"dcsp": True})) == ["features.dcsp: unknown key; did you mean 'dscp'?"]
+    assert problems(base(features={"vlan_retag": True})) == [
+        "features.vlan_retag: retagging needs a tagged port; give a [[ports]] table a vlan or set vlan_retag = false"]

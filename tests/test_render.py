@@ -58,8 +58,25 @@ def test_no_nat_leaves_no_trace(default: Profile) -> None:
 
 def test_counters_switch(default: Profile) -> None:
     assert "direct_counter" in render(default)
-    text = render(dataclasses.replace(default, counters=False))
+    text = render(dataclasses.replace(default, counters=False, named_counters=0))
     assert "counter" not in body(text).replace("counters;", "")
+
+
+def test_statements_switch(default: Profile) -> None:
+    """[features] dscp / named_counters: the offload_stmt actions carry exactly the enabled parameters, and
+    without both there is no trace of them."""
+    text = render(default)
+    assert "bit<1> set_dscp, bit<6> dscp, bit<8> counter_idx)" in text and "stmt_counter.count(" in text
+    assert "counter(17, CounterType.packets_and_bytes) stmt_counter;" in text
+    only_dscp = render(dataclasses.replace(default, named_counters=0))
+    assert "offload_nat_stmt" in only_dscp and "counter_idx" not in only_dscp and "stmt_counter" not in only_dscp
+    only_count = render(dataclasses.replace(default, dscp=False))
+    assert "counter_idx" in only_count and "dscp" not in body(only_count)
+    none = render(dataclasses.replace(default, dscp=False, named_counters=0))
+    assert "_stmt" not in none and "dscp" not in body(none) and "stmt_counter" not in none
+    vlan = render(load_profile(REPO / "profiles" / "vlan.toml"))
+    assert "dmac, bit<1> set_vid, bit<12> vid)" in vlan and "hdr.vlan.vid = meta.vid;" in vlan
+    assert "set_vid" not in render(dataclasses.replace(load_profile(REPO / "profiles" / "vlan.toml"), vlan_retag=False))
 
 
 def test_idle_timeout_switch(default: Profile) -> None:
@@ -81,7 +98,9 @@ def test_vlan_only_with_vlan_ports() -> None:
     vlan = load_profile(REPO / "profiles" / "vlan.toml")
     text = render(vlan)
     assert "(3, 100) : pop_vlan();" in text and "3 : push_vlan(100);" in text
-    no_vlan = render(dataclasses.replace(vlan, ports=tuple(dataclasses.replace(p, vlan=None) for p in vlan.ports)))
+    # (a profile without tagged ports cannot retag either: the profile check refuses vlan_retag then)
+    no_vlan = render(dataclasses.replace(vlan, vlan_retag=False,
+                                         ports=tuple(dataclasses.replace(p, vlan=None) for p in vlan.ports)))
     assert "vlan" not in body(no_vlan).lower()
 
 

@@ -20,9 +20,10 @@ def format_entry(e: dict[str, Any]) -> str:
     params = " ".join(f"{k}={v}" for k, v in e["params"].items())
     owner = f"flow={e['flow']}/{e['dir']}" if e.get("flow") is not None else "flow=NONE"
     idle = f" idle_ms={e['since_last_hit_ms']}" if e.get("since_last_hit_ms") is not None else ""
+    stmts = f" statements={e['statements']}" if e.get("statements") else ""
     return (f"{e['table']} in_port={m['in_port']} src={m['src_addr']} dst={m['dst_addr']} proto={m['proto']} "
             f"sport={m['src_port']} dport={m['dst_port']} -> {e['action']}({params}) packets={e['packets']} "
-            f"bytes={e['bytes']} timeout_ms={e['idle_timeout_ns'] // 1_000_000}{idle} {owner}")
+            f"bytes={e['bytes']} timeout_ms={e['idle_timeout_ns'] // 1_000_000}{idle} {owner}{stmts}")
 
 
 def run(args: argparse.Namespace) -> int:

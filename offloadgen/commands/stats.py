@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
         print_json(data)
         return 0
     ft = dict(data["flowtable"])
-    extra = {k: ft.pop(k) for k in ("hw_packets", "hw_bytes", "rebuilt", "reconciles", "policy") if k in ft}
+    extra = {k: ft.pop(k) for k in ("hw_packets", "hw_bytes", "rebuilt", "reconciles", "policy", "named_counters",
+                                    "switch_statements") if k in ft}
     print(format_stats(StatsRecord.from_dict(ft)))
     ctl = data.get("controller", {})
     print()
@@ -36,6 +37,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key:<18} {ctl[key]:>12}  {what}")
     print(f"{'reconciliations':<18} {extra.get('reconciles', 0):>12}  (flows rebuilt from switch entries: "
           f"{extra.get('rebuilt', 0)})")
+    print(f"{'switch statements':<18} {','.join(extra.get('switch_statements') or []) or 'none':>12}  "
+          "(policy statements the switch applies itself; flows with others stay in software)")
+    named = extra.get("named_counters") or {}
+    if named:
+        print()
+        print("named counters (every path: slow path, software fast path, switch)")
+        for name, v in named.items():
+            print(f"  counter {name:<14} packets {v['packets']:>10} bytes {v['bytes']:>12}")
     if "mastership" in data:
         print()
         print(format_mastership(data["mastership"]))

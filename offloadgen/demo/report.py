@@ -86,9 +86,26 @@ def totals(samples: list[Sample]) -> dict[str, Any]:
             "fastpath_packets": fast, "switch_share": round(switch / entered, 4) if entered else None}
 
 
-def flow_entry(track: FlowTrack, end_t: float) -> dict[str, Any]:
+#: (proto, sport, dport) as packets arrive at the receiver -> {DSCP name: packets}
+DscpSeen = dict[tuple[str, int, int], dict[str, int]]
+
+
+def dscp_seen(capture: dict[str, Any] | None) -> DscpSeen:
+    """The receiver capture's summary (traffic.DSCP_CAPTURE) by flow, DSCP values by name (cs3, ef, 0...)."""
+    from runtime.actions import dscp_name
+
+    out: DscpSeen = {}
+    for proto, sport, dport, dscp, n in (capture or {}).get("dscp_seen", []):
+        by = out.setdefault((str(proto), int(sport), int(dport)), {})
+        name = dscp_name(int(dscp))
+        by[name] = by.get(name, 0) + int(n)
+    return out
+
+
+def flow_entry(track: FlowTrack, end_t: float, seen: DscpSeen | None = None) -> dict[str, Any]:
     states = track.states()
     rec = track.last_record or {}
+    proto, _src, sport, _dst, dport = track.key
     return {
         "flow": track.label,
         "proto": track.proto,
@@ -106,12 +123,18 @@ def flow_entry(track: FlowTrack, end_t: float) -> dict[str, Any]:
         "switch_counted_packets": [rec.get("orig", {}).get("packets"), rec.get("reply", {}).get("packets")]
         if rec else None,
         "observed_until": end_t,
+        # DSCP of the original direction's packets as its receiver got them (masquerade keeps the port here),
+        # with counts: every packet of a marked flow should carry the mark, whichever path carried it
+        "dscp_at_receiver": (seen or {}).get((proto, sport, dport), {}),
+        "statements": (rec.get("orig") or {}).get("statements", "") if rec else "",
     }
 
 
 def build_report(meta: dict[str, Any], tracker: Tracker, transfers: list[dict[str, Any]],
-                 traffic: dict[str, Any]) -> dict[str, Any]:
-    flows = [flow_entry(t, tracker.end_t) for t in sorted(tracker.tracks.values(), key=lambda x: x.first_seen)]
+                 traffic: dict[str, Any], capture: dict[str, Any] | None = None,
+                 named_counters: dict[str, Any] | None = None) -> dict[str, Any]:
+    seen = dscp_seen(capture)
+    flows = [flow_entry(t, tracker.end_t, seen) for t in sorted(tracker.tracks.values(), key=lambda x: x.first_seen)]
     tot = totals(tracker.samples)
     offloaded = [f for f in flows if f["reached_hw_offload"]]
     by_name = {x["name"]: x for x in transfers}
@@ -128,6 +151,7 @@ def build_report(meta: dict[str, Any], tracker: Tracker, transfers: list[dict[st
         "offloaded_mbps_before_hw_offload": off.get("mbps_before_hw_offload"),
         "offloaded_mbps_after_hw_offload": off.get("mbps_after_hw_offload"),
         "status_errors": tracker.errors,
+        "receiver_capture_drops": (capture or {}).get("drops"),
     }
     return {
         **meta,
@@ -137,8 +161,23 @@ def build_report(meta: dict[str, Any], tracker: Tracker, transfers: list[dict[st
         "flows": flows,
         "throughput": transfers,
         "traffic": traffic,
+        "named_counters": named_counters or {},
         "samples": [asdict(s) for s in tracker.samples],
     }
+
+
+def unmarked(report: dict[str, Any]) -> list[str]:
+    """Flows with a DSCP statement whose receiver got packets without that mark: one line each."""
+    out = []
+    for f in report["flows"]:
+        want = next((st.split("@")[0].removeprefix("dscp=") for st in f.get("statements", "").split(",")
+                     if st.startswith("dscp=")), None)
+        seen = f.get("dscp_at_receiver") or {}
+        other = {k: v for k, v in seen.items() if k != want}
+        if want is not None and other:
+            out.append(f"{f['flow']}: marked dscp={want} by the policy, but its receiver got "
+                       f"{', '.join(f'{v} packets with dscp={k}' for k, v in other.items())}")
+    return out
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
@@ -184,6 +223,12 @@ def summary_table(report: dict[str, Any]) -> str:
         lines.append(f"udp exchange: {_fmt(u.get('sent'))} sent, {_fmt(u.get('received'))} echoed")
     for name, p in (tr.get("ping") or {}).items():
         lines.append(f"ping {name} -> wan: {p}")
+    for f in report["flows"]:
+        if f.get("statements"):
+            seen = ", ".join(f"{n} x dscp={k}" for k, n in (f.get("dscp_at_receiver") or {}).items()) or "none"
+            lines.append(f"statements {f['flow']}: {f['statements']}; at the receiver: {seen}")
+    for name, v in (report.get("named_counters") or {}).items():
+        lines.append(f"counter {name}: {v.get('packets')} packets, {v.get('bytes')} bytes (every path)")
     return "\n".join(lines)
 
 

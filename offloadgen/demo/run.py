@@ -24,7 +24,16 @@ from offloadgen.build import build
 from offloadgen.cli import UserError
 from offloadgen.demo import plot, report
 from offloadgen.demo.track import FlowTrack, Tracker
-from offloadgen.demo.traffic import TCP_SINK, TCP_SOURCE, UDP_CLIENT, UDP_ECHO, Proc, Programs, Schedule
+from offloadgen.demo.traffic import (
+    DSCP_CAPTURE,
+    TCP_SINK,
+    TCP_SOURCE,
+    UDP_CLIENT,
+    UDP_ECHO,
+    Proc,
+    Programs,
+    Schedule,
+)
 from offloadgen.pki import shell_argv
 from offloadgen.profile import load_profile, resolve_profile
 from offloadgen.switchproc import SwitchKind
@@ -108,7 +117,8 @@ def _run_traffic(opts: Options, bed: Testbed, programs: Programs) -> int:
 
     servers = [programs.python(wan, "sink-baseline", TCP_SINK, str(BASELINE_PORT)),
                programs.python(wan, "sink-offloaded", TCP_SINK, str(OFFLOAD_PORT)),
-               programs.python(wan, "udp-echo", UDP_ECHO, str(UDP_PORT))]
+               programs.python(wan, "udp-echo", UDP_ECHO, str(UDP_PORT)),
+               programs.python(wan, "dscp-capture", DSCP_CAPTURE)]
     for srv in servers:
         if not srv.wait_ready(10):
             raise UserError(f"{srv.name} did not start on the WAN host: {' '.join(srv.text)} {srv.stderr_text()}")
@@ -158,6 +168,9 @@ def _run_traffic(opts: Options, bed: Testbed, programs: Programs) -> int:
 
     for proc in started.values():
         proc.wait(5)
+    capture = servers[3]
+    capture.stop()  # SIGTERM: it prints what it saw
+    named = _named_counters(bed.status_socket)
     sinks = {"baseline": servers[0], "offloaded": servers[1]}
     sources = {"baseline": started.get("tcp-baseline"), "offloaded": started.get("tcp-offloaded")}
     transfers = []
@@ -181,7 +194,7 @@ def _run_traffic(opts: Options, bed: Testbed, programs: Programs) -> int:
             "duration_s": opts.duration, "sample_interval_s": SAMPLE_INTERVAL, "grpc_addr": bed.grpc_addr,
             "hosts": [vars(p) for p in bed.plans], "controller_log": str(bed.controller_log),
             "switch_log": str(switch_log) if switch_log else None}
-    rep = report.build_report(meta, tracker, transfers, traffic)
+    rep = report.build_report(meta, tracker, transfers, traffic, capture.done(), named)
     report.write_report(rep, opts.out / "report.json")
     plot.draw(rep, opts.out / "timeline.png")
     print(report.summary_table(rep))
@@ -190,6 +203,15 @@ def _run_traffic(opts: Options, bed: Testbed, programs: Programs) -> int:
     for problem in problems:
         print(f"offloadgen demo: {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _named_counters(sock: Path) -> dict[str, Any]:
+    from runtime.status import StatusError, query
+
+    try:
+        return dict(query("stats", sock)["flowtable"].get("named_counters") or {})
+    except (StatusError, OSError, KeyError):
+        return {}
 
 
 def profile_name(opts: Options) -> str:
@@ -218,4 +240,5 @@ def _problems(rep: dict[str, Any], controller_died: bool) -> list[str]:
     udp = rep["traffic"].get("udp") or {}
     if not udp.get("received"):
         out.append("the UDP exchange got no replies")
+    out += report.unmarked(rep)
     return out

@@ -75,6 +75,36 @@ while True:
 print(json.dumps({"sent": sent, "received": got, "t0": t0, "t1": time.monotonic(), "done": True}), flush=True)
 """
 
+# The receiver's view of the marks: every TCP/UDP packet this host receives (not those it sends), by flow
+# (proto, sport, dport as they arrive) and DSCP; printed when stopped (SIGTERM), with the socket's drops.
+DSCP_CAPTURE = r"""
+import json, signal, socket, struct
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+s.setsockopt(socket.SOL_SOCKET, 33, 1 << 25)  # SO_RCVBUFFORCE
+s.settimeout(0.2)
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+seen = {}
+print(json.dumps({"ready": True}), flush=True)
+while not stop:
+    try:
+        frame, addr = s.recvfrom(65535)
+    except TimeoutError:
+        continue
+    if addr[2] == socket.PACKET_OUTGOING or addr[0] == "lo":
+        continue
+    l3, et = 14, struct.unpack_from("!H", frame, 12)[0]
+    if et == 0x8100:
+        l3, et = 18, struct.unpack_from("!H", frame, 16)[0]
+    if et != 0x0800 or frame[l3 + 9] not in (6, 17):
+        continue
+    sp, dp = struct.unpack_from("!HH", frame, l3 + (frame[l3] & 0xF) * 4)
+    key = ("tcp" if frame[l3 + 9] == 6 else "udp", sp, dp, frame[l3 + 1] >> 2)
+    seen[key] = seen.get(key, 0) + 1
+_n, drops = struct.unpack("II", s.getsockopt(263, 6, 8))  # SOL_PACKET, PACKET_STATISTICS
+print(json.dumps({"dscp_seen": [[*k, n] for k, n in sorted(seen.items())], "drops": drops, "done": True}), flush=True)
+"""
+
 
 @dataclass
 class Proc:

@@ -4,10 +4,12 @@
 tuple (``nf_flow_tuple_ip``: no fragments, no IP options, TCP or UDP only, TTL above 1), look the flow up,
 refuse packets over the route MTU (``nf_flow_exceeds_mtu``), TCP FIN/RST and every later packet of a
 closing flow (``nf_flow_state_check`` tears the flow down, so the kernel's conntrack sees the rest),
-refresh the flow, then apply the direction's action list: NAT with incremental checksum updates
-(``nf_flow_snat_ip``/``nf_flow_dnat_port`` and ``inet_proto_csum_replace*``: a UDP checksum of zero stays
-zero, a computed zero becomes 0xffff), TTL/hop limit minus one (``ip_decrease_ttl``), new MACs, out port.
-Anything it will not take returns ``None`` and goes to the full slow path, as the hook's ``NF_ACCEPT``.
+refresh the flow, then execute the direction's action list with :func:`runtime.actions.execute`, the
+executor the slow path uses too: NAT with incremental checksum updates (``nf_flow_snat_ip``/
+``nf_flow_dnat_port`` and ``inet_proto_csum_replace*``: a UDP checksum of zero stays zero, a computed zero
+becomes 0xffff), the policy's statements (DSCP, named counters), TTL/hop limit minus one
+(``ip_decrease_ttl``), new MACs, out port. Anything it will not take returns ``None`` and goes to the full
+slow path, as the hook's ``NF_ACCEPT``.
 
 Plain ``struct``/``bytearray`` work, no scapy: this runs per packet.
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .. import packet as P
+from ..actions import CountHook, execute
 from .core import Flow, FlowTable
 from .model import IPPROTO_TCP, IPPROTO_UDP, Dir, FlowFlag, FlowTuple
 
@@ -36,35 +40,19 @@ class Forwarded:
     direction: Dir
 
 
-def _fold(s: int) -> int:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def csum_replace(check: int, old: bytes, new: bytes) -> int:
-    """RFC 1624 eqn. 3, ``HC' = ~(~HC + ~m + m')`` over 16-bit words (``inet_proto_csum_replace4/16/2``)."""
-    s = ~check & 0xFFFF
-    for i in range(0, len(old), 2):
-        s += (~((old[i] << 8) | old[i + 1]) & 0xFFFF) + ((new[i] << 8) | new[i + 1])
-    return ~_fold(s) & 0xFFFF
-
-
-def csum_replace16(check: int, old: int, new: int) -> int:
-    return ~_fold((~check & 0xFFFF) + (~old & 0xFFFF) + new) & 0xFFFF
-
-
 class FastPath:
     """Per-packet forwarding from the flowtable; see the module docstring.
 
     ``pipeline_vlans`` lists ports whose VLAN tag the switch pipeline itself pops on ingress and pushes on
     egress (packet-outs included): for those the action list's VLAN actions are already done, so they are
-    skipped here rather than tagging twice.
+    skipped here rather than tagging twice. ``count`` receives the named counters' increments.
     """
 
-    def __init__(self, flowtable: FlowTable, pipeline_vlans: Mapping[int, int] | None = None) -> None:
+    def __init__(self, flowtable: FlowTable, pipeline_vlans: Mapping[int, int] | None = None,
+                 count: CountHook | None = None) -> None:
         self.ft = flowtable
         self.pipeline_vlans = dict(pipeline_vlans or {})
+        self.count = count
 
     def _except(self, reason: str) -> None:
         self.ft.count_exception(reason)
@@ -174,65 +162,14 @@ class FastPath:
                     ft.mark_closing(flow)
                     self._except("fin_rst")
                     return None
+            try:
+                pkt = P.parse(frame)
+            except P.PacketError:  # lengths were checked; a frame that still does not parse is the slow path's
+                self._except("malformed")
+                return None
             ft.refresh(flow)
             ft.account(flow, d, l3_len)
-        rw = fd.rewrite
-        buf = bytearray(frame[:l3 + l3_len])  # without bytes after the IP packet, as ip_rcv trims them
-        if proto == IPPROTO_TCP:
-            cso = th + 16
-            l4_check: int | None = (buf[cso] << 8) | buf[cso + 1]
-        else:
-            cso = th + 6
-            l4_check = (buf[cso] << 8) | buf[cso + 1]
-            if l4_check == 0:
-                l4_check = None  # no UDP checksum: stays zero
-        alen = 4 if family == 4 else 16
-        s_off, d_off = (l3 + 12, l3 + 16) if family == 4 else (l3 + 8, l3 + 24)
-        ip_check = (buf[l3 + 10] << 8) | buf[l3 + 11] if family == 4 else 0
-        for off, new in ((s_off, rw.saddr), (d_off, rw.daddr)):
-            if new is not None and len(new) == alen:
-                old = bytes(buf[off:off + alen])
-                if old != new:
-                    if family == 4:
-                        ip_check = csum_replace(ip_check, old, new)
-                    if l4_check is not None:
-                        l4_check = csum_replace(l4_check, old, new)
-                    buf[off:off + alen] = new
-        for off, port in ((th, rw.sport), (th + 2, rw.dport)):
-            if port is not None:
-                old_port = (buf[off] << 8) | buf[off + 1]
-                if old_port != port:
-                    if l4_check is not None:
-                        l4_check = csum_replace16(l4_check, old_port, port)
-                    buf[off] = port >> 8
-                    buf[off + 1] = port & 0xFF
-        if rw.dec_ttl:
-            if family == 4:
-                ttl = buf[l3 + 8]
-                ip_check = csum_replace16(ip_check, (ttl << 8) | buf[l3 + 9], ((ttl - 1) << 8) | buf[l3 + 9])
-                buf[l3 + 8] = ttl - 1
-            else:
-                buf[l3 + 7] -= 1
-        if family == 4:
-            buf[l3 + 10] = ip_check >> 8
-            buf[l3 + 11] = ip_check & 0xFF
-        if l4_check is not None:
-            if proto == IPPROTO_UDP and l4_check == 0:
-                l4_check = 0xFFFF  # CSUM_MANGLED_0
-            buf[cso] = l4_check >> 8
-            buf[cso + 1] = l4_check & 0xFF
-        if rw.dmac is not None:
-            buf[0:6] = rw.dmac
-        if rw.smac is not None:
-            buf[6:12] = rw.smac
-        # VLAN: the pipeline already popped/pushes the tag on its VLAN ports; elsewhere do it here.
-        if l3 == 18 and rw.vlan_pop:
-            del buf[12:16]
-        push = rw.vlan_push
-        if push is not None and self.pipeline_vlans.get(rw.out_port) != push:
-            if l3 == 18 and not rw.vlan_pop:
-                buf[14] = (buf[14] & 0xF0) | (push >> 8)
-                buf[15] = push & 0xFF
-            else:
-                buf[12:12] = bytes((0x81, 0x00, push >> 8, push & 0xFF))
-        return Forwarded(rw.out_port, bytes(buf), flow, d)
+        # The direction's action list, run by the same executor as the slow path's: one rewrite, one
+        # checksum helper, the policy's statements included.
+        out = execute(fd.actions, pkt, count=self.count, pipeline_vlans=self.pipeline_vlans)
+        return Forwarded(out, bytes(pkt.data), flow, d)

@@ -156,3 +156,19 @@ def read_port_vlans(client: SwitchClient) -> dict[int, int]:
         if port is not None and vid is not None:
             out[int(port)] = int(vid)
     return out
+
+
+def read_indexed_counter(client: SwitchClient, name: str, indexes: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """``(packets, bytes)`` at each index of an indexed counter, in one read."""
+    p4info = client.p4info
+    if p4info is None or not indexes:
+        return {}
+    cid = p4info.counter(name).id
+    ents = [p4runtime_pb2.Entity(counter_entry=p4runtime_pb2.CounterEntry(counter_id=cid, index=p4runtime_pb2.Index(index=i)))
+            for i in indexes]
+    out: dict[int, tuple[int, int]] = {}
+    for e in client.read(ents):
+        if e.HasField("counter_entry"):
+            ce = e.counter_entry
+            out[ce.index.index] = (ce.data.packet_count, ce.data.byte_count)
+    return out

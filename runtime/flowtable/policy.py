@@ -25,6 +25,15 @@ The TOML section (parsed by :func:`parse_flowtable`, called by the router config
     dport = 53
     iif = 1                   # ingress switch port(s) of the original direction
     oif = "wan"               # egress switch port(s) of the original direction
+    set = { dscp = "cs3" }    # statements for every packet of the matching connections, both directions,
+    counter = "web"           # on every path (slow path, software fast path, switch): DSCP (a name like
+                              # "cs3", "af41", "ef" or 0-63; ECN bits kept), a named counter, and
+                              # set = { vlan = 200 }: VLAN retag on a tagged egress port
+
+Statements are the ``fast_fwd`` idea from the 2023 netfilter thread: in Linux a forward-chain statement such
+as ``ip dscp set cs3`` runs only while a connection takes the classic path and is lost once it is offloaded;
+here they become entries of the connection's action list, which every path executes. The first matching
+rule decides both whether the connection is offloaded and its statements.
 
 Every error names the key path (``flowtable.rules[2].dport``) and, for unknown keys, suggests the closest
 known one.
@@ -34,10 +43,12 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.actions import DSCP_NAMES, Count, SetDscp, SetVlan, Statement
 from runtime.config import PortRange
 
 IPPROTO_TCP = 6
@@ -86,6 +97,7 @@ class PolicyRule:
     dport: tuple[PortRange, ...] | None = None
     iif: frozenset[int] | None = None
     oif: frozenset[int] | None = None
+    statements: tuple[Statement, ...] = ()
 
     def matches(self, key: FlowKey) -> bool:
         if self.protos is not None and key.proto not in self.protos:
@@ -118,7 +130,7 @@ class PolicyRule:
             ports = getattr(self, name)
             if ports is not None:
                 parts.append(f"{name} " + ",".join(str(p) for p in sorted(ports)))
-        return " ".join([*parts, "offload" if self.offload else "skip"])
+        return " ".join([*parts, *(str(st) for st in self.statements), "offload" if self.offload else "skip"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,16 +170,31 @@ class FlowtableConfig:
             return False
         if not (self.covers(key.iif) and self.covers(key.oif)):
             return False
+        rule = self.rule_for(key)
+        return rule.offload if rule is not None else self.default_offload
+
+    def rule_for(self, key: FlowKey) -> PolicyRule | None:
         for rule in self.rules:
             if rule.matches(key):
-                return rule.offload
-        return self.default_offload
+                return rule
+        return None
+
+    def statements(self, key: FlowKey) -> tuple[Statement, ...]:
+        """The statements of the first matching rule, for any connection the router forwards (also one the
+        flowtable never takes): the slow path applies them too."""
+        rule = self.rule_for(key)
+        return rule.statements if rule is not None else ()
+
+    @property
+    def counter_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(st.name for r in self.rules for st in r.statements if isinstance(st, Count)))
 
 
 # ---------------------------------------------------------------------------------------------- parsing
 
 _TOP_KEYS = ("ports", "tcp_timeout", "udp_timeout", "close_timeout", "hw_offload", "default", "rules")
-_RULE_KEYS = ("action", "proto", "src", "dst", "sport", "dport", "iif", "oif")
+_RULE_KEYS = ("action", "proto", "src", "dst", "sport", "dport", "iif", "oif", "set", "counter")
+_SET_KEYS = ("dscp", "vlan")
 
 
 def _unknown(path: str, key: str, known: Sequence[str]) -> PolicyError:
@@ -284,6 +311,48 @@ def _port_ranges(path: str, value: Any) -> tuple[PortRange, ...]:
     return tuple(out)
 
 
+def _dscp(path: str, value: Any) -> int:
+    if isinstance(value, str):
+        name = value.strip().lower()
+        if name in DSCP_NAMES:
+            return DSCP_NAMES[name]
+        close = difflib.get_close_matches(name, list(DSCP_NAMES), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else '; use a name like "cs3", "af41", "ef" or a number 0-63'
+        raise PolicyError(path, f"unknown DSCP {value!r}{hint}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 63:
+        raise PolicyError(path, f'expected a DSCP name like "cs3" or a number 0-63, got {value!r}')
+    return value
+
+
+_COUNTER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+
+
+def _statements(path: str, raw: Mapping[str, Any]) -> tuple[Statement, ...]:
+    out: list[Statement] = []
+    if "set" in raw:
+        sets = raw["set"]
+        if not isinstance(sets, Mapping) or not sets:
+            raise PolicyError(f"{path}.set", 'expected a table of fields to set, like set = { dscp = "cs3" } '
+                              'or set = { vlan = 200 }')
+        for key in sets:
+            if key not in _SET_KEYS:
+                raise _unknown(f"{path}.set", str(key), _SET_KEYS)
+        if "dscp" in sets:
+            out.append(SetDscp(_dscp(f"{path}.set.dscp", sets["dscp"])))
+        if "vlan" in sets:
+            vid = sets["vlan"]
+            if isinstance(vid, bool) or not isinstance(vid, int) or not 1 <= vid <= 4094:
+                raise PolicyError(f"{path}.set.vlan", f"expected a VLAN id 1-4094, got {vid!r}")
+            out.append(SetVlan(vid))
+    if "counter" in raw:
+        name = raw["counter"]
+        if not isinstance(name, str) or not _COUNTER_NAME.match(name):
+            raise PolicyError(f"{path}.counter", f"expected a counter name (a letter, then up to 31 letters, digits, "
+                              f"'_' or '-'), got {name!r}")
+        out.append(Count(name))
+    return tuple(out)
+
+
 def parse_rule(path: str, raw: Any, port_names: Mapping[str, int] | None = None,
                known_ports: frozenset[int] | None = None) -> PolicyRule:
     """One ``[[flowtable.rules]]`` table; ``path`` is its key path for messages."""
@@ -305,7 +374,9 @@ def parse_rule(path: str, raw: Any, port_names: Mapping[str, int] | None = None,
     oif = _ports(f"{path}.oif", raw["oif"], names, known_ports) if "oif" in raw else None
     if src and dst and not ({n.version for n in src} & {n.version for n in dst}):
         raise PolicyError(path, "src and dst prefixes are of different address families; the rule can never match")
-    return PolicyRule(offload=offload, protos=protos, src=src, dst=dst, sport=sport, dport=dport, iif=iif, oif=oif)
+    statements = _statements(path, raw)
+    return PolicyRule(offload=offload, protos=protos, src=src, dst=dst, sport=sport, dport=dport, iif=iif, oif=oif,
+                      statements=statements)
 
 
 def parse_flowtable(raw: Any, *, path: str = "flowtable", port_names: Mapping[str, int] | None = None,

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..actions import format_actions
+from ..actions import format_actions, statements_of
 from .core import Flow, FlowTable
 from .model import NS, PROTO_NAMES, FlowFlag
 
@@ -33,6 +33,8 @@ class DirectionRecord:
     packets: int
     bytes: int
     actions: str
+    # the policy's statements and where each runs now: "dscp=cs3@switch,counter=web@switch"
+    statements: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +88,18 @@ class StatsRecord:
 
 
 def _direction(flow: Flow, d: int) -> DirectionRecord:
+    """``where``: the switch applies the statements once it holds both entries; before that (and on the
+    closing path) the software fast path or the slow path applies them."""
     fd = flow.dirs[d]
+    where = "switch" if flow.flags & F.HW_OFFLOADED else "software"
     t = fd.tuple
     hw_p = max(flow.hw_packets[d], 0)
     hw_b = max(flow.hw_bytes[d], 0)
     return DirectionRecord(in_port=t.in_port, out_port=fd.out_port, src=str(ipaddress.ip_address(t.src)),
                            dst=str(ipaddress.ip_address(t.dst)), sport=t.sport, dport=t.dport,
                            packets=flow.sw_packets[d] + hw_p, bytes=flow.sw_bytes[d] + hw_b,
-                           actions=format_actions(fd.actions))
+                           actions=format_actions(fd.actions),
+                           statements=",".join(f"{st}@{where}" for st in statements_of(fd.actions)))
 
 
 def flow_record(flow: Flow, now: int) -> FlowRecord:
@@ -153,6 +159,8 @@ def format_flow(r: FlowRecord, *, actions: bool = True) -> str:
     parts.append(f"state={r.state} ports={r.orig.in_port}->{r.orig.out_port}")
     if actions:
         parts.append(f"orig_actions={r.orig.actions} reply_actions={r.reply.actions}")
+    if r.orig.statements or r.reply.statements:
+        parts.append(f"orig_statements={r.orig.statements or '-'} reply_statements={r.reply.statements or '-'}")
     if r.last_error:
         parts.append(f'last_error="{r.last_error}"')
     return " ".join(parts)

@@ -32,6 +32,7 @@ from ..actions import ActionList, format_actions, route_actions
 from ..client import SwitchClient
 from ..config import RouterConfig
 from ..conntrack import IPPROTO_TCP, IPPROTO_UDP, CtRecord, CtTuple, Dir, TcpState
+from ..errors import ConfigError
 from ..flowtable.core import Flow, FlowDirection, FlowTable, OfferResult
 from ..flowtable.fastpath import FastPath
 from ..flowtable.model import NS, FlowFlag, FlowTuple
@@ -114,6 +115,14 @@ class KernelOffloader(Offloader):
         # Not Offloader.__init__: that one subscribes to the Python conntrack and slow path.
         self.config = config
         self.policy = load_policy(config)
+        with_statements = [i for i, r in enumerate(self.policy.rules, start=1) if r.statements]
+        if with_statements:
+            # The kernel forwards a connection's first and last packets; it would not apply them, so every
+            # path would not mark alike. Say so rather than offload half-marked connections.
+            raise ConfigError(
+                f"{config.source}: flowtable.rules[{with_statements[0]}]: statements (set/counter) are applied by "
+                "offloadgen's own slow path; with --slowpath kernel put them in the nftables ruleset "
+                "(--nft-ruleset) and leave them out of the flowtable policy, or use --slowpath offloadgen")
         self.kernel = kernel
         self.client = client
         self.emit = emit
@@ -465,6 +474,10 @@ class KernelOffloader(Offloader):
                                 k.reply, tuple(flags), k.packets, k.bytes, iif, (acts[0], acts[1]),
                                 (hp[0], hp[1]), (hb[0], hb[1])))
         return out
+
+    def named_counters(self) -> dict[str, dict[str, int]]:
+        """None: policy statements are refused with the kernel slow path (see __init__)."""
+        return {}
 
     def conntrack_stats(self) -> dict[str, int]:
         with self._lock:

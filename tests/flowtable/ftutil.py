@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from runtime.actions import route_actions
+from runtime.actions import Statement, route_actions
 from runtime.flowtable.core import FlowDirection, FlowTable, HwStats
 from runtime.flowtable.model import NS, Dir, FlowTuple
 from runtime.flowtable.offload import EntryKey, OffloadEngine, entry_key
@@ -151,11 +151,12 @@ def nat_tuples(sport: int = 40000, proto: str = "tcp", nat_port: int | None = No
 
 
 def directions(orig: FlowTuple, reply: FlowTuple, *, orig_out: int = 4, reply_out: int = 1, mtu: int = 1500,
-               port_vlans: Mapping[int, int] | None = None) -> tuple[FlowDirection, FlowDirection]:
+               port_vlans: Mapping[int, int] | None = None,
+               statements: Sequence[Statement] = ()) -> tuple[FlowDirection, FlowDirection]:
     o = FlowDirection(orig, route_actions(orig, reply, out_port=orig_out, smac=WAN_MAC, dmac=GW_MAC,  # type: ignore[arg-type]
-                                          in_port=orig.in_port, port_vlans=port_vlans), mtu)
+                                          in_port=orig.in_port, port_vlans=port_vlans, statements=statements), mtu)
     r = FlowDirection(reply, route_actions(reply, orig, out_port=reply_out, smac=LAN_MAC, dmac=HOST_MAC,  # type: ignore[arg-type]
-                                           in_port=reply.in_port, port_vlans=port_vlans), mtu)
+                                           in_port=reply.in_port, port_vlans=port_vlans, statements=statements), mtu)
     return o, r
 
 

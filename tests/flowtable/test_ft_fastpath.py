@@ -13,9 +13,10 @@ from scapy.packet import Packet, Raw
 
 from runtime.actions import route_actions
 from runtime.flowtable.core import Flow, FlowDirection, FlowTable
-from runtime.flowtable.fastpath import FastPath, csum_replace
+from runtime.flowtable.fastpath import FastPath
 from runtime.flowtable.model import Dir, FlowFlag, FlowTuple
 from runtime.flowtable.policy import FlowtableConfig
+from runtime.packet import csum_replace
 
 F = FlowFlag
 MAC_A, MAC_B = "02:00:00:00:aa:01", "02:00:00:00:bb:01"
@@ -293,3 +294,54 @@ def test_csum_replace_matches_full_recompute() -> None:
         c2 = csum_replace(c, bytes(data[off:off + 4]), new)
         data[off:off + 4] = new
         assert c2 == full(bytes(data)) or {c2, full(bytes(data))} == {0, 0xFFFF}
+
+
+def test_statements_dscp_and_counter_on_the_fast_path() -> None:
+    """The fast path runs the connection's statements: DSCP set with the ECN bits kept, the IPv4 header
+    checksum right and the transport checksum as NAT alone makes it; the named counter counts each packet."""
+    from runtime.actions import Count, NamedCounters, SetDscp
+
+    clock = FakeClock()
+    ft = FlowTable(FlowtableConfig(), clock=clock)
+    o, r = directions(*nat_tuples(), statements=(SetDscp(24), Count("web")))
+    _, flow = ft.offer(FakeConn(), o, r, seen_reply=True, tcp_established=True)
+    assert flow is not None
+    counters = NamedCounters()
+    fp = FastPath(ft, count=counters.add)
+    for tos in (0x00, 0x03, 0xB9):
+        out = fp.forward(tcp4("10.0.0.1", "8.8.8.8", 40000, 80, tos=tos), 1)
+        assert out is not None
+        p = Ether(out.frame)
+        assert p[IP].tos == (24 << 2) | (tos & 3) and p[IP].src == "192.0.2.1"
+        checksums_valid(out.frame)
+    six = IPv6(src="2001:db8::1", dst="2001:db8::2", tc=0x02, hlim=9)
+    t6 = FlowTuple.make(1, "2001:db8::1", "2001:db8::2", "udp", 5, 6)
+    b6 = FlowTuple.make(2, "2001:db8::2", "2001:db8::1", "udp", 6, 5)
+    d6, rd6 = directions(t6, b6, statements=(SetDscp(46),))
+    _, f6 = ft.offer(FakeConn(), d6, rd6, seen_reply=True, tcp_established=True)
+    assert f6 is not None
+    out6 = fp.forward(bytes(Ether(src=MAC_A, dst=MAC_B) / six / UDP(sport=5, dport=6) / Raw(b"x" * 10)), 1)
+    assert out6 is not None
+    q = Ether(out6.frame)
+    assert q[IPv6].tc == (46 << 2) | 2 and q[IPv6].fl == 0 and q[IPv6].hlim == 8
+    assert q[UDP].chksum == Ether(bytes(Ether(src=MAC_A, dst=MAC_B) / six / UDP(sport=5, dport=6) / Raw(b"x" * 10)))[UDP].chksum
+    assert counters.snapshot() == {"web": {"packets": 3, "bytes": 3 * 59}}, "three 59-byte frames"
+
+
+def test_vlan_retag_pushed_by_the_fast_path_where_the_pipeline_would_push_the_port_vid() -> None:
+    """The pipeline tags port 4 with VLAN 100 itself; a retagged connection's packets leave the fast path
+    already tagged 200 (the pipeline keeps a tag the controller put on)."""
+    from runtime.actions import SetVlan
+
+    ft = FlowTable(FlowtableConfig(), clock=FakeClock())
+    vlans = {4: 100}
+    od, rd = directions(*nat_tuples(), port_vlans=vlans, statements=(SetVlan(200),))
+    _, flow = ft.offer(FakeConn(), od, rd, seen_reply=True, tcp_established=True)
+    assert flow is not None
+    out = FastPath(ft, pipeline_vlans=vlans).forward(tcp4("10.0.0.1", "8.8.8.8", 40000, 80), 1)
+    assert out is not None
+    p = Ether(out.frame)
+    assert p[Dot1Q].vlan == 200 and p[IP].src == "192.0.2.1"
+    checksums_valid(out.frame)
+    back = FastPath(ft, pipeline_vlans=vlans).forward(tcp4("8.8.8.8", "192.0.2.1", 80, 60000), 4)
+    assert back is not None and Dot1Q not in Ether(back.frame), "leaving untagged: nothing to retag"

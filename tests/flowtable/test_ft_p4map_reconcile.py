@@ -3,6 +3,7 @@ status snapshots and their text."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from ftutil import FakeClock, FakeConn, FakeSwitch, directions, make_table, nat_tuples, offer
 
-from runtime.actions import DecTtl, Output, SetEthDst, SetEthSrc, flatten
+from runtime.actions import Count, DecTtl, Output, SetDscp, SetEthDst, SetEthSrc, SetVlan, flatten
 from runtime.flowtable.core import Flow, FlowTable
 from runtime.flowtable.model import FlowFlag, FlowTuple
 from runtime.flowtable.offload import OffloadEngine
@@ -51,8 +52,75 @@ def test_caps_from_generated_p4info(default_caps: PipelineCaps, tmp_path: Path) 
     assert dict(default_caps.tables) == {4: "flow_v4", 6: "flow_v6"}
     assert default_caps.nat_tables == {"flow_v4"} and default_caps.idle_timeout == {"flow_v4", "flow_v6"}
     assert default_caps.sizes == {"flow_v4": 65536, "flow_v6": 65536}
+    assert default_caps.stmt_tables == {"flow_v4", "flow_v6"} and default_caps.dscp and default_caps.counter_slots == 16
+    assert default_caps.statements() == ("dscp", "counter")
     vlan = caps_from_p4info(_p4info(tmp_path, "vlan"), port_vlans={3: 100})
     assert dict(vlan.tables) == {4: "flow_v4"} and vlan.idle_timeout == frozenset() and vlan.sizes == {"flow_v4": 256}
+    assert vlan.stmt_tables == {"flow_v4"} and vlan.statements() == ("vlan",), "the vlan profile can retag only"
+
+
+def test_statements_become_the_entry_or_keep_the_flow_in_software(default_caps: PipelineCaps) -> None:
+    """DSCP is set_dscp/dscp of offload_nat_stmt / offload_stmt, a named counter its index in stmt_counter. A
+    switch that cannot do a statement gets no entry at all, with a message naming the statement."""
+    caps = default_caps.with_counter_names(["mail", "web"])
+    stmts = (SetDscp(24), Count("web"))
+    o, _r = directions(*nat_tuples(), statements=stmts)
+    e = entry_for(o.tuple, o.rewrite, caps)
+    assert e.action == "offload_nat_stmt" and e.params["saddr"] == 0xC0000201
+    assert (e.params["set_dscp"], e.params["dscp"], e.params["counter_idx"]) == (1, 24, 2)
+    d = decode_entry(SwitchEntry(e.table, e.match, e.action, e.params), caps)
+    assert d is not None and d.dscp == 24 and d.counter_idx == 2 and d.leaves_as == o.leaves_as()
+    six = FlowTuple.make(1, "2001:db8::1", "2001:db8::2", "udp", 1, 2)
+    sd, _ = directions(six, FlowTuple.make(2, "2001:db8::2", "2001:db8::1", "udp", 2, 1), statements=(Count("mail"),))
+    e6 = entry_for(sd.tuple, sd.rewrite, caps)
+    assert e6.action == "offload_stmt" and (e6.params["set_dscp"], e6.params["counter_idx"]) == (0, 1)
+    no_dscp = dataclasses.replace(caps, dscp=False)
+    with pytest.raises(Unsupported, match=r"^dscp=cs3: the switch cannot set DSCP in flow_v4"):
+        entry_for(o.tuple, o.rewrite, no_dscp)
+    assert "dscp" not in entry_for(sd.tuple, sd.rewrite, no_dscp).params
+    no_counter = dataclasses.replace(caps, counter_slots=0)
+    with pytest.raises(Unsupported, match=r"^counter=web: the switch has no named counters"):
+        entry_for(o.tuple, o.rewrite, no_counter)
+    with pytest.raises(Unsupported, match=r"^counter=web: the switch holds 1 named counters"):
+        entry_for(o.tuple, o.rewrite, dataclasses.replace(default_caps, counter_slots=1).with_counter_names(["mail", "web"]))
+    plain, _ = directions(*nat_tuples())
+    assert entry_for(plain.tuple, plain.rewrite, no_dscp).action == "offload_nat"
+
+
+def test_vlan_retag_on_tagged_egress_only() -> None:
+    """set = { vlan = 200 }: the entry of the direction leaving the tagged port carries set_vid/vid; the other
+    direction (untagged egress) has nothing to retag; a switch without retag keeps the flow in software."""
+    caps = PipelineCaps(port_vlans={4: 100}, dscp=False, counter_slots=0, vlan_retag=True)
+    o, r = directions(*nat_tuples(), port_vlans={4: 100}, statements=(SetVlan(200),))
+    e = entry_for(o.tuple, o.rewrite, caps)
+    assert e.action == "offload_nat_stmt" and (e.params["set_vid"], e.params["vid"]) == (1, 200)
+    d = decode_entry(SwitchEntry(e.table, e.match, e.action, e.params), caps)
+    assert d is not None and d.vlan_retag == 200
+    back = entry_for(r.tuple, r.rewrite, caps)
+    assert back.action == "offload_nat", "leaving untagged: the retag has nothing to do"
+    with pytest.raises(Unsupported, match=r"^vlan=200: the switch cannot retag on egress port 4"):
+        entry_for(o.tuple, o.rewrite, dataclasses.replace(caps, vlan_retag=False))
+
+
+def test_unsupported_statement_stays_in_software_counted_and_shown() -> None:
+    clock = FakeClock()
+    ft, eng, sw = make_table(clock, caps=PipelineCaps(dscp=False).with_counter_names(["web"]))
+    o, r = directions(*nat_tuples(), statements=(SetDscp(24), Count("web")))
+    _, flow = ft.offer(FakeConn(), o, r, seen_reply=True, tcp_established=True)
+    assert flow is not None
+    eng.run_once()
+    assert not flow.hw_offloaded and not sw.entries, "never offloaded without its statement"
+    assert ft.counters.hw_unsupported == 1
+    [rec] = snapshot_flows(ft)
+    assert rec.tag == "[OFFLOAD]" and rec.last_error.startswith("dscp=cs3")
+    assert rec.orig.statements == "dscp=cs3@software,counter=web@software"
+    ft2, eng2, _sw2 = make_table(clock, caps=PipelineCaps().with_counter_names(["web"]))
+    _, flow2 = ft2.offer(FakeConn(), o, r, seen_reply=True, tcp_established=True)
+    eng2.run_once()
+    assert flow2 is not None and flow2.hw_offloaded
+    [rec2] = snapshot_flows(ft2)
+    assert rec2.reply.statements == "dscp=cs3@switch,counter=web@switch"
+    assert "orig_statements=dscp=cs3@switch,counter=web@switch" in format_flows([rec2])
 
 
 def test_entry_for_nat_and_plain(default_caps: PipelineCaps) -> None:

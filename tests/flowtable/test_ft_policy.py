@@ -77,6 +77,13 @@ oif = "wan"
     ({"rules": [{"action": "skip", "dprt": 1}]}, "flowtable.rules[0].dprt", "did you mean 'dport'"),
     ({"rules": [{"action": "skip", "src": "10.0.0.0/8", "dst": "2001:db8::/32"}]}, "flowtable.rules[0]", "families"),
     ({"rules": [{"action": "skip", "oif": True}]}, "flowtable.rules[0].oif", "port number"),
+    ({"rules": [{"action": "offload", "set": {"dscp": "cs9"}}]}, "flowtable.rules[0].set.dscp", "unknown DSCP 'cs9'; did you mean"),
+    ({"rules": [{"action": "offload", "set": {"dscp": 64}}]}, "flowtable.rules[0].set.dscp", "0-63"),
+    ({"rules": [{"action": "offload", "set": {"dcsp": "cs3"}}]}, "flowtable.rules[0].set.dcsp", "did you mean 'dscp'"),
+    ({"rules": [{"action": "offload", "set": "cs3"}]}, "flowtable.rules[0].set", "dscp = "),
+    ({"rules": [{"action": "offload", "set": {"vlan": 4095}}]}, "flowtable.rules[0].set.vlan", "VLAN id 1-4094"),
+    ({"rules": [{"action": "offload", "counter": "9lives"}]}, "flowtable.rules[0].counter", "counter name"),
+    ({"rules": [{"action": "offload", "countr": "web"}]}, "flowtable.rules[0].countr", "did you mean 'counter'"),
 ])
 def test_errors_name_the_key_path(raw: dict[str, object], path: str, text: str) -> None:
     with pytest.raises(PolicyError) as err:
@@ -84,3 +91,32 @@ def test_errors_name_the_key_path(raw: dict[str, object], path: str, text: str) 
     assert err.value.path == path
     assert str(err.value).startswith(path + ":")
     assert text in str(err.value)
+
+
+def test_statements_of_the_first_matching_rule() -> None:
+    """``set``/``counter`` become the connection's statements; the rule that decides offload gives them, for
+    a skipped connection too (the slow path applies them)."""
+    from runtime.actions import Count, SetDscp, SetVlan
+
+    raw = tomllib.loads("""
+[flowtable]
+[[flowtable.rules]]
+action = "offload"
+proto = "tcp"
+dport = 80
+set = { dscp = "cs3" }
+counter = "web"
+
+[[flowtable.rules]]
+action = "skip"
+proto = "udp"
+set = { dscp = 46, vlan = 200 }
+""")
+    cfg = parse_flowtable(raw["flowtable"])
+    assert cfg.statements(key(dport=80)) == (SetDscp(24), Count("web"))
+    assert cfg.decide(key(dport=80))
+    assert cfg.statements(key(proto=17)) == (SetDscp(46), SetVlan(200)) and not cfg.decide(key(proto=17))
+    assert cfg.statements(key(dport=443)) == ()
+    assert cfg.counter_names == ("web",)
+    assert cfg.rules[0].describe() == "proto tcp dport 80 dscp=cs3 counter=web offload"
+    assert str(SetDscp(46)) == "dscp=ef" and str(SetDscp(5)) == "dscp=5"

@@ -217,3 +217,65 @@ def stop(proc: subprocess.Popen[str]) -> None:
             proc.wait()
 
 
+
+CAPTURE = r"""
+import json, signal, socket, struct, sys
+# port: the TCP packets of that port this host receives (not those it sends): how many (and their frame bytes),
+# by DSCP and by VLAN id
+# (0: untagged; the kernel hands a tag over in the packet's metadata, PACKET_AUXDATA), SYNs and FINs, and the
+# socket's drops (PACKET_STATISTICS), so a capture that missed packets cannot pass for a complete one
+port = int(sys.argv[1])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+s.setsockopt(socket.SOL_SOCKET, 33, 1 << 25)  # SO_RCVBUFFORCE: room for a whole burst
+s.setsockopt(263, 8, 1)  # SOL_PACKET, PACKET_AUXDATA
+s.bind(("eth0", 0))
+s.settimeout(0.2)
+done = []
+signal.signal(signal.SIGTERM, lambda *_: done.append(1))
+dscp, vids, n, nbytes, syn, fin = {}, {}, 0, 0, 0, 0
+print("ready", flush=True)
+while not done:
+    try:
+        frame, anc, _flags, addr = s.recvmsg(65535, 256)
+    except TimeoutError:
+        continue
+    if addr[2] == socket.PACKET_OUTGOING:
+        continue
+    vid = 0
+    for level, kind, data in anc:
+        if level == 263 and kind == 8:
+            status, _l, _s, _m, _n, tci, _tpid = struct.unpack_from("=IIIHHHH", data)
+            if status & 0x10:  # TP_STATUS_VLAN_VALID
+                vid = tci & 0xFFF
+    l3, et = 14, struct.unpack_from("!H", frame, 12)[0]
+    if et == 0x8100:
+        vid, l3, et = struct.unpack_from("!H", frame, 14)[0] & 0xFFF, 18, struct.unpack_from("!H", frame, 16)[0]
+    if et != 0x0800 or frame[l3 + 9] != 6:
+        continue
+    l4 = l3 + (frame[l3] & 0xF) * 4
+    sp, dp = struct.unpack_from("!HH", frame, l4)
+    if port not in (sp, dp):
+        continue
+    n += 1
+    nbytes += len(frame)
+    d = frame[l3 + 1] >> 2
+    dscp[d] = dscp.get(d, 0) + 1
+    vids[vid] = vids.get(vid, 0) + 1
+    syn += bool(frame[l4 + 13] & 2)
+    fin += bool(frame[l4 + 13] & 1)
+_packets, drops = struct.unpack("II", s.getsockopt(263, 6, 8))  # SOL_PACKET, PACKET_STATISTICS
+print(json.dumps({"packets": n, "bytes": nbytes, "dscp": dscp, "vid": vids, "syn": syn, "fin": fin, "drops": drops}), flush=True)
+"""
+
+
+def finish_capture(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    """Stop a CAPTURE and return its summary (DSCP keys as integers)."""
+    import json
+
+    proc.terminate()
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    summary["dscp"] = {int(k): v for k, v in summary["dscp"].items()}
+    summary["vid"] = {int(k): v for k, v in summary["vid"].items()}
+    return summary

@@ -131,6 +131,50 @@ def test_masquerade_both_directions_with_action_lists(h: Harness) -> None:
     assert rw.out_port == 1 and rw.daddr == bytes([10, 0, 1, 10]) and rw.saddr is None
 
 
+def test_statements_apply_on_the_slow_path_both_directions(h: Harness) -> None:
+    """The connection's statements are in its list and the slow path executes them: every packet it forwards
+    leaves with the DSCP (ECN kept, IPv4 checksum right) and is counted under the name."""
+    from runtime.actions import Count, SetDscp
+
+    asked: list[tuple[Dir, int, int]] = []
+
+    def statements(conn: object, direction: Dir, in_port: int, out_port: int) -> tuple[SetDscp | Count, ...]:
+        asked.append((direction, in_port, out_port))
+        return (SetDscp(24), Count("web"))
+
+    h.sp.statements = statements  # type: ignore[assignment]
+    h.learn()
+    syn = Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20", tos=0x01) / TCP(sport=40000, dport=80, flags="S")
+    [(_, out)] = h.send(1, syn)
+    assert out[IP].tos == (24 << 2) | 1 and valid_checksums(out)
+    synack = Ether(src=B, dst=R4) / IP(src="192.0.2.20", dst="192.0.2.1") / TCP(sport=80, dport=40000, flags="SA")
+    [(_, back)] = h.send(4, synack)
+    assert back[IP].tos == 24 << 2 and valid_checksums(back)
+    assert asked == [(Dir.ORIGINAL, 1, 4), (Dir.REPLY, 4, 1)]
+    found = h.sp.conntrack.lookup(CtTuple.make("10.0.1.10", "192.0.2.20", "tcp", 40000, 80))
+    assert found is not None
+    assert found[0].actions[0] is not None and SetDscp(24) in found[0].actions[0]
+    assert h.sp.counters.snapshot()["web"]["packets"] == 2
+
+
+def test_vlan_retag_on_the_slow_path(h: Harness) -> None:
+    """Port 4 tagged 100 by the pipeline; a retagged connection's packets leave the slow path already tagged
+    200 (the pipeline keeps a tag the controller put on), fragmented the same if need be."""
+    from scapy.layers.l2 import Dot1Q
+
+    from runtime.actions import SetVlan
+
+    h.sp.port_vlans = {4: 100}
+    h.sp.statements = lambda *_: (SetVlan(200),)  # type: ignore[assignment]
+    h.learn()
+    syn = Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20") / TCP(sport=40000, dport=80, flags="S")
+    [(port, out)] = h.send(1, syn)
+    assert port == 4 and out[Dot1Q].vlan == 200 and out[IP].src == "192.0.2.1" and valid_checksums(out)
+    big = Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20", flags=0) / UDP(sport=5, dport=6) / Raw(b"x" * 1600)
+    frags = h.send(1, big)
+    assert len(frags) == 2 and all(f[Dot1Q].vlan == 200 and ip_checksum_ok(f) for _, f in frags)
+
+
 def test_udp_checksum_zero_stays_zero(h: Harness) -> None:
     h.learn()
     pkt = Ether(src=A, dst=R1) / IP(src="10.0.1.10", dst="192.0.2.20") / UDP(sport=5000, dport=53, chksum=0) / b"q"

@@ -31,9 +31,9 @@ def variant_dicts() -> dict[str, dict[str, Any]]:
     optional punt switched off in turn (plus an IPv6-only and a VLAN-with-IPv6 variant)."""
     out = {n: _shipped(n) for n in SHIPPED}
     base = _shipped("default")
-    for feat in ("nat", "counters", "idle_timeout", "ipv6", "ipv4"):
+    for feat in ("nat", "counters", "idle_timeout", "dscp", "named_counters", "ipv6", "ipv4"):
         d = copy.deepcopy(base)
-        d["features"][feat] = False
+        d["features"][feat] = 0 if feat == "named_counters" else False
         if feat == "ipv4":
             d["features"]["nat"] = False
             d["table_size"].pop("ipv4", None)

@@ -79,12 +79,21 @@ def _cases(sw: Switch, rng: random.Random) -> tuple[list[tuple[int, bytes]], lis
         else:
             args = [out_port, smac, dmac]
             action = "ingress.offload"
+        if p.statements and rng.random() < 0.5:
+            # the policy statements: DSCP (ECN bits of the packet kept), a named counter's index, a VLAN retag
+            if p.dscp:
+                args += [rng.randrange(2), rng.randrange(64)]
+            if p.named_counters:
+                args.append(rng.randrange(p.named_counters + 1))
+            if p.vlan_retag:
+                args += [rng.randrange(2), rng.randrange(1, 4095)]
+            action += "_stmt"
         cmds.append(f"table_add {table} {action} {' '.join(map(str, key))} => {' '.join(map(str, args))}")
         params = {n: v for n, v in enumerate(args, start=1)}
         sw.dp.insert(TableEntry(sw.id("tables", table), {n: FieldMatch(v) for n, v in enumerate(key, start=1)},
                                 sw.id("actions", action), params))
-        l3: Packet = IP(src=src, dst=dst, ttl=rng.randrange(2, 255)) if fam == "ipv4" else IPv6(
-            src=src, dst=dst, hlim=rng.randrange(2, 255))
+        l3: Packet = IP(src=src, dst=dst, ttl=rng.randrange(2, 255), tos=rng.randrange(256)) if fam == "ipv4" else IPv6(
+            src=src, dst=dst, hlim=rng.randrange(2, 255), tc=rng.randrange(256))
         payload = Raw(bytes(rng.randrange(256) for _ in range(rng.randrange(0, 200))))
         if proto == 6:
             l4: Packet = TCP(sport=sport, dport=dport, flags="A", seq=rng.randrange(1 << 32))
@@ -156,6 +165,9 @@ def _cases(sw: Switch, rng: random.Random) -> tuple[list[tuple[int, bytes]], lis
     for x in p.ports:  # packet-out to every port
         out = bytes(Ether(dst=PEER) / IP(dst="10.1.1.1") / UDP() / Raw(b"from-the-cpu"))
         cases.append((p.cpu_port, (x.number << 7).to_bytes(2, "big") + out))
+        if tagged:  # already tagged by the controller (a retagged connection): the tag is kept as it is
+            out = bytes(Ether(dst=PEER) / Dot1Q(vlan=300) / IP(dst="10.1.1.1") / UDP() / Raw(b"tagged-by-the-cpu"))
+            cases.append((p.cpu_port, (x.number << 7).to_bytes(2, "big") + out))
     for vport, vid in tagged.items():  # trailing bytes trimmed into and out of a tagged port
         src, dst = _rand_v4(rng), _rand_v4(rng)
         for a, b in ((port, vport), (vport, port)):
@@ -222,7 +234,7 @@ def _run_bmv2(tmp: Path, json_path: Path, ports: list[int], cases: list[tuple[in
 
 @pytest.mark.bmv2
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["default", "minimal", "vlan"])
+@pytest.mark.parametrize("variant", ["default", "minimal", "vlan", "default-no-nat"])
 def test_softswitch_matches_bmv2(tmp_path: Path, variant: str) -> None:
     if shutil.which("simple_switch") is None or shutil.which("simple_switch_CLI") is None:
         pytest.skip("simple_switch / simple_switch_CLI not on PATH")
@@ -235,7 +247,9 @@ def test_softswitch_matches_bmv2(tmp_path: Path, variant: str) -> None:
                    check=True, capture_output=True, timeout=120)
     ports = sorted({x.number for x in sw.profile.ports} | {sw.profile.cpu_port})
     sizes = {c.preamble.name: c.size for c in sw.program.p4info.counters}
-    indexed = [(name, i) for name in ("ingress.punt_counter", "ingress.drop_counter") for i in range(sizes.get(name, 0))]
+    # the punt and drop reasons' counters and the named counters of the policy statements, every index
+    indexed = [(name, i) for name in ("ingress.punt_counter", "ingress.drop_counter", "ingress.stmt_counter")
+               for i in range(sizes.get(name, 0))]
     reads = [f"counter_read {name} {i}" for name, i in indexed]
     bmv2, counter_text = _run_bmv2(tmp_path, tmp_path / "flowtable.json", ports, cases, cmds, reads)
     ours: dict[int, list[bytes]] = {port: [] for port in ports}
