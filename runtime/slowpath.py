@@ -278,7 +278,7 @@ class SlowPath:
 
     def _forward(self, conn: Conn, direction: Dir, this: CtTuple, other: CtTuple, pkt: P.Packet, route: Route) -> None:
         out = self.config.ports[route.port]
-        nh = route.next_hop(ipaddress.ip_address(other.src)).packed
+        nh = route.gateway.packed if route.gateway is not None else other.src  # route.next_hop without ipaddress
         mac = self.neigh.lookup(route.port, nh)
         actions: ActionList = route_actions(this, other, out_port=route.port, smac=out.mac, dmac=mac or ZERO_MAC,
                                             in_port=conn.iif[direction])
