@@ -1,0 +1,220 @@
+"""Packets/s through the controller's slow path and its software fast path.
+
+Two layers, so the controller's own cost can be told apart from the switch's and gRPC's:
+
+- in-process: frames handed straight to runtime's SlowPath (parse, conntrack, NAT, route, rewrite; the
+  packet-out is a list append) and to the flowtable's FastPath. Three loads: new connections (one TCP SYN
+  each from distinct source ports, through masquerade), established connections (data segments both ways on
+  connections already tracked) and the fast path (data segments of flows in the software flowtable).
+- through a switch (``--switch softswitch,bmv2``): hosts in namespaces send UDP datagrams through the router
+  (port 5001... kept on the slow path by a policy rule, so every packet is a packet-in, a slow-path decision
+  and a packet-out) and, with the flowtable's hardware offload switched off, through the software fast path
+  (every packet a packet-in, a fast-path rewrite and a packet-out). The rate is what reaches the receiver.
+
+Prints the figures and writes bench/results/slowpath.json.
+
+    .venv/bin/python bench/bench_slowpath.py [--quick] [--switch softswitch,bmv2] [--profile FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import struct
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from runtime import packet as P  # noqa: E402
+from runtime.config import RouterConfig, load_config  # noqa: E402
+from runtime.conntrack import NS, Dir  # noqa: E402
+from runtime.flowtable.core import FlowTable  # noqa: E402
+from runtime.flowtable.fastpath import FastPath  # noqa: E402
+from runtime.flowtable.model import FlowTuple  # noqa: E402
+from runtime.flowtable.policy import FlowtableConfig  # noqa: E402
+from runtime.slowpath import SlowPath  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+CONFIG = REPO / "configs" / "router.toml"
+A_MAC, R1_MAC, B_MAC, R4_MAC = (bytes.fromhex(m) for m in ("020000000010", "020000000101", "020000000020",
+                                                             "020000000104"))
+A_IP, B_IP, WAN_IP = bytes([10, 0, 1, 10]), bytes([192, 0, 2, 20]), bytes([192, 0, 2, 1])
+
+
+def tcp(src: bytes, dst: bytes, sport: int, dport: int, flags: int, seq: int, ack: int, payload: bytes = b"") -> bytes:
+    """An IPv4 TCP segment with correct checksums (no options)."""
+    hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
+    seg = hdr + payload
+    csum = P.checksum(seg, P.pseudo_sum(src, dst, 6, len(seg)))
+    seg = seg[:16] + struct.pack("!H", csum) + seg[18:]
+    return P.ipv4(src, dst, 6, seg)
+
+
+def frame(dst_mac: bytes, src_mac: bytes, ip: bytes) -> bytes:
+    return P.ethernet(dst_mac, src_mac, P.ETH_P_IP, ip)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000 * NS
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def new_slowpath(config: RouterConfig) -> tuple[SlowPath, list[tuple[int, bytes]], Clock]:
+    clock = Clock()
+    out: list[tuple[int, bytes]] = []
+    sp = SlowPath(config, clock=clock, emit=lambda port, f: out.append((port, f)))
+    # A and B answer ARP once, as after their first exchange.
+    sp.handle(1, P.ethernet(b"\xff" * 6, A_MAC, P.ETH_P_ARP, P.arp(1, A_MAC, A_IP, b"\0" * 6, bytes([10, 0, 1, 1]))))
+    sp.handle(4, P.ethernet(b"\xff" * 6, B_MAC, P.ETH_P_ARP, P.arp(1, B_MAC, B_IP, b"\0" * 6, WAN_IP)))
+    out.clear()
+    return sp, out, clock
+
+
+def timed(n: int, fn: Callable[[], None], prof: cProfile.Profile | None) -> float:
+    if prof is not None:
+        prof.enable()
+    t0 = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    if prof is not None:
+        prof.disable()
+    return n / dt
+
+
+SYN, ACK, PSH = 0x02, 0x10, 0x08
+
+
+def bench_new(config: RouterConfig, n: int, prof: cProfile.Profile | None) -> dict[str, Any]:
+    """n TCP SYNs from distinct source ports: each is a new connection (conntrack, masquerade, route)."""
+    sp, out, _ = new_slowpath(config)
+    frames = [frame(R1_MAC, A_MAC, tcp(A_IP, B_IP, 1024 + i % 60000, 5001 + i // 60000, SYN, 1000, 0))
+              for i in range(n)]
+
+    def run() -> None:
+        h = sp.handle
+        for f in frames:
+            h(1, f)
+
+    pps = timed(n, run, prof)
+    return {"packets": n, "pps": round(pps), "forwarded": len(out), "connections": len(sp.conntrack)}
+
+
+def establish(sp: SlowPath, out: list[tuple[int, bytes]], conns: int) -> list[tuple[int, bytes]]:
+    """Open `conns` connections (SYN, SYN/ACK, ACK) and return a data segment per direction for each."""
+    data: list[tuple[int, bytes]] = []
+    for i in range(conns):
+        sport = 1024 + i
+        sp.handle(1, frame(R1_MAC, A_MAC, tcp(A_IP, B_IP, sport, 5001, SYN, 1000, 0)))
+        nat_port = struct.unpack("!H", out[-1][1][34:36])[0]
+        sp.handle(4, frame(R4_MAC, B_MAC, tcp(B_IP, WAN_IP, 5001, nat_port, SYN | ACK, 5000, 1001)))
+        sp.handle(1, frame(R1_MAC, A_MAC, tcp(A_IP, B_IP, sport, 5001, ACK, 1001, 5001)))
+        data.append((1, frame(R1_MAC, A_MAC, tcp(A_IP, B_IP, sport, 5001, ACK | PSH, 1001, 5001, b"x" * 16))))
+        data.append((4, frame(R4_MAC, B_MAC, tcp(B_IP, WAN_IP, 5001, nat_port, ACK | PSH, 5001, 1017, b"y" * 16))))
+    out.clear()
+    return data
+
+
+def bench_established(config: RouterConfig, n: int, conns: int, prof: cProfile.Profile | None) -> dict[str, Any]:
+    sp, out, _ = new_slowpath(config)
+    data = establish(sp, out, conns)
+    seq = [data[i % len(data)] for i in range(n)]
+
+    def run() -> None:
+        h = sp.handle
+        for port, f in seq:
+            h(port, f)
+
+    pps = timed(n, run, prof)
+    return {"packets": n, "connections": conns, "pps": round(pps), "forwarded": len(out)}
+
+
+class _Ref:
+    """The flowtable's handle on a connection (ConnRef); the bench counts nothing per connection."""
+
+    def is_dying(self) -> bool:
+        return False
+
+    def acct_add(self, direction: Dir, packets: int, nbytes: int) -> None:
+        pass
+
+    def on_teardown(self) -> None:
+        pass
+
+
+def bench_fastpath(config: RouterConfig, n: int, conns: int, prof: cProfile.Profile | None) -> dict[str, Any]:
+    """Data segments of flows held by the software flowtable (offered from the slow path's connections)."""
+    sp, out, clock = new_slowpath(config)
+    data = establish(sp, out, conns)
+    ft = FlowTable(FlowtableConfig(), clock=clock)
+    from runtime.flowtable.core import FlowDirection
+
+    offered = 0
+    for conn in sp.conntrack.conns():
+        dirs = []
+        for d in (Dir.ORIGINAL, Dir.REPLY):
+            t = conn.tuples[d]
+            acts = conn.actions[d]
+            if acts is None:
+                break
+            dirs.append(FlowDirection(FlowTuple(conn.iif[d], t.src, t.dst, t.proto, t.sport, t.dport), acts))
+        if len(dirs) == 2:
+            _, flow = ft.offer(_Ref(), dirs[0], dirs[1], seen_reply=True, tcp_established=True)
+            offered += flow is not None
+    fp = FastPath(ft)
+    seq = [data[i % len(data)] for i in range(n)]
+    hits = 0
+
+    def run() -> None:
+        nonlocal hits
+        fwd = fp.forward
+        for port, f in seq:
+            if fwd(f, port) is not None:
+                hits += 1
+
+    pps = timed(n, run, prof)
+    return {"packets": n, "connections": offered, "pps": round(pps), "forwarded": hits}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer packets")
+    ap.add_argument("--profile", type=Path, help="write cProfile stats of the in-process runs here")
+    ap.add_argument("--out", type=Path, default=RESULTS / "slowpath.json")
+    args = ap.parse_args(argv)
+    n = 20000 if args.quick else 100000
+    conns = 1000 if args.quick else 5000
+    config = load_config(CONFIG)
+    prof = cProfile.Profile() if args.profile else None
+    load_before = os.getloadavg()
+    res: dict[str, Any] = {"in_process": {}}
+    res["in_process"]["new_connections"] = bench_new(config, n, prof)
+    res["in_process"]["established"] = bench_established(config, n, conns, prof)
+    res["in_process"]["fastpath"] = bench_fastpath(config, n, conns, prof)
+    res["loadavg"] = {"before": load_before, "after": os.getloadavg()}
+    res["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    for name, r in res["in_process"].items():
+        print(f"in-process {name:16} {r['pps']:>9,} packets/s  ({r['packets']} packets, {r['forwarded']} out)")
+    print(f"load average {load_before[0]:.1f} -> {res['loadavg']['after'][0]:.1f} on {os.cpu_count()} cores")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    if prof is not None:
+        prof.dump_stats(str(args.profile))
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
