@@ -507,6 +507,10 @@ def test_udp_idle_flow_expires_active_flow_is_kept_alive(lab: Lab) -> None:
         assert lab.ctl.packet_in() - pin < 10, "the active flow's datagrams should not reach the controller"
         stdout, _ = active.communicate(timeout=60)
         assert "timeout" not in stdout and stdout.count(B_ADDR[:-3]) > 0
+        # The GC pass that expired the idle flow is timed, and shown with the controller's stats.
+        ctl = lab.ctl.stats()["controller"]
+        assert ctl["flowtable_gc_us_max"] > 0 and ctl["flowtable_gc_us_last"] <= ctl["flowtable_gc_us_max"]
+        assert ctl["slowpath_tick_us_max"] > 0
     finally:
         stop(srv)
 
