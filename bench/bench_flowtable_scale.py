@@ -105,16 +105,17 @@ class Sampler:
         if s is not None:
             ft = s["flowtable"]
             self.samples.append({"t": round(t, 2), "flows": ft["flows"], "hw_offloaded": ft["hw_offloaded"],
-                                 "offloaded": ft["offloaded"], "expired": ft["counters"].get("expired", 0)})
+                                 "offloaded": ft["offloaded"], "expired": ft["counters"].get("expired", 0),
+                                 "hw_add_ok": ft["counters"].get("hw_add_ok", 0)})
         return s
 
 
 @contextlib.contextmanager
-def lab(kind: str, build_dir: Path, tmp: Path) -> Iterator[tuple[Host, Host, SwitchProcess, subprocess.Popen[bytes],
+def lab(kind: str, build_dir: Path, tmp: Path, flowtable: str = FLOWTABLE) -> Iterator[tuple[Host, Host, SwitchProcess, subprocess.Popen[bytes],
                                                                    Path]]:
     config = tmp / "router.toml"
     text = (REPO / "configs" / "router.toml").read_text()
-    config.write_text(text[:text.index(SPLIT)] + "\n" + FLOWTABLE)
+    config.write_text(text[:text.index(SPLIT)] + "\n" + flowtable)
     with Netlab() as net:
         a = net.add_host("a", mac="02:00:00:00:00:10", ipv4=f"{SRCS[0]}/24", gw4="10.0.1.1")
         for extra in SRCS[1:]:
@@ -173,7 +174,7 @@ def watch_for(proc: subprocess.Popen[str], want: str) -> threading.Event:
     return ev
 
 
-def run_one(kind: str, n: int, build_dir: Path, tmp: Path) -> dict[str, Any]:
+def run_one(kind: str, n: int, build_dir: Path, tmp: Path, profile: Path | None = None) -> dict[str, Any]:
     hold = 3 * TIMEOUT_S
     res: dict[str, Any] = {"switch": kind, "n": n, "flow_timeout_s": TIMEOUT_S, "hold_s": hold}
     with lab(kind, build_dir, tmp) as (a, b, _sw, ctl, sock):
@@ -181,6 +182,14 @@ def run_one(kind: str, n: int, build_dir: Path, tmp: Path) -> dict[str, Any]:
         servers = [b.popen(sys.executable, str(HOSTAPP), "server", B_ADDR, str(p), stdout=subprocess.PIPE)
                    for p in PORTS]
         clients: list[subprocess.Popen[str]] = []
+        spy = None
+        if profile is not None:
+            # py-spy samples the controller from outside (no change to the measured process); collapsed stacks
+            # per thread, for flamegraph.pl or a grep.
+            profile.mkdir(parents=True, exist_ok=True)
+            spy = subprocess.Popen(["py-spy", "record", "-p", str(ctl.pid), "-r", "100", "--threads", "--format",
+                                    "raw", "--nonblocking", "-o", str(profile / f"controller-{kind}-{n}.txt")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for srv in servers:
                 read_line(srv, "ready", 30)
@@ -205,6 +214,11 @@ def run_one(kind: str, n: int, build_dir: Path, tmp: Path) -> dict[str, Any]:
                 time.sleep(0.5)
             res["time_to_all_hw_offload_s"] = all_hw
             res["hw_offload_per_s"] = round(n / all_hw, 1) if all_hw else None
+            # When flows expire while others are still being added, all N are never [HW_OFFLOAD] at once;
+            # then the time until N pairs had been acknowledged by the switch (re-adds included) is the rate.
+            n_adds = next((x["t"] for x in samp.samples if x["hw_add_ok"] >= n), None)
+            res["time_to_n_hw_adds_s"] = n_adds
+            res["hw_adds_per_s"] = round(n / n_adds, 1) if n_adds else None
             peak_hw = max((x["hw_offloaded"] for x in samp.samples), default=0)
             res["hw_offloaded_peak"] = peak_hw
             rss1 = rss_kib(ctl.pid)
@@ -222,8 +236,7 @@ def run_one(kind: str, n: int, build_dir: Path, tmp: Path) -> dict[str, Any]:
             s = samp.sample(time.monotonic() - t0)
             if s is not None:
                 expired_before_close = s["flowtable"]["counters"].get("expired", 0)
-                res["periodic_work"] = {k: v for k, v in s["controller"].items() if k.startswith(("tick_", "gc_",
-                                                                                                  "stats_"))}
+                res["periodic_work"] = {k: v for k, v in s["controller"].items() if k.endswith(("_us_last", "_us_max"))}
                 res["flowtable_counters"] = s["flowtable"]["counters"]
             cpu1, wall1 = cpu_ticks(ctl.pid), time.monotonic()
             res["controller_cpu_pct"] = round(100 * (cpu1 - cpu0) / HZ / (wall1 - wall0), 1)
@@ -240,6 +253,10 @@ def run_one(kind: str, n: int, build_dir: Path, tmp: Path) -> dict[str, Any]:
             res["entries_left_after_close"] = len(entries)
             res["samples"] = samp.samples
         finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    spy.wait(30)
             for p in [*clients, *servers]:
                 if p.poll() is None:
                     p.kill()
@@ -284,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--switch", default="softswitch,bmv2", help="softswitch, bmv2 or both")
     ap.add_argument("--quick", action="store_true", help="N = 1000 only")
     ap.add_argument("--out", type=Path, default=RESULTS / "flowtable_scale.json")
+    ap.add_argument("--profile", type=Path, help="record the controller with py-spy into this directory")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_flowtable_scale: needs root (network namespaces); run it as root", file=sys.stderr)
@@ -306,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_tmp.mkdir()
                 t = time.monotonic()
                 try:
-                    r = run_one(kind, n, build_dir, run_tmp)
+                    r = run_one(kind, n, build_dir, run_tmp, args.profile)
                 except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
                     r = {"switch": kind, "n": n, "error": str(exc)}
                     log = run_tmp / "controller.log"
@@ -315,16 +333,19 @@ def main(argv: list[str] | None = None) -> int:
                 r["wall_s"] = round(time.monotonic() - t, 1)
                 results.append(r)
                 print_row(r)
-    doc = {"results": results, "loadavg": {"before": load0, "after": os.getloadavg()}, "cpus": os.cpu_count()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+                write(args.out, results, load0)  # after every run, so an interrupted series keeps what it has
     plot(results, args.out.with_suffix(".png"))
-    print(f"load average {load0[0]:.1f} -> {doc['loadavg']['after'][0]:.1f} on {os.cpu_count()} cores; "
-          f"wrote {args.out}")
+    print(f"load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; wrote {args.out}")
     return 0
 
 
-HEADER = (f"{'switch':10} {'N':>6} {'hw/s':>7} {'to all hw':>9} {'expired':>7} {'stalls>1s':>9} {'left':>5} "
+def write(out: Path, results: list[dict[str, Any]], load0: tuple[float, float, float]) -> None:
+    doc = {"results": results, "loadavg": {"before": load0, "after": os.getloadavg()}, "cpus": os.cpu_count()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+HEADER = (f"{'switch':10} {'N':>6} {'hw/s':>7} {'to all hw':>9} {'adds/s':>7} {'expired':>7} {'stalls>1s':>9} {'left':>5} "
           f"{'cpu %':>6} {'B/flow':>7}")
 
 
@@ -337,6 +358,7 @@ def print_row(r: dict[str, Any]) -> None:
         return
     t = r.get("time_to_all_hw_offload_s")
     print(f"{r['switch']:10} {r['n']:>6} {r.get('hw_offload_per_s') or '-':>7} {f'{t:.1f}s' if t else 'never':>9} "
+          f"{r.get('hw_adds_per_s') or '-':>7} "
           f"{r.get('expired_while_active')!s:>7} {r.get('stalled_over_1s')!s:>9} "
           f"{r.get('entries_left_after_close')!s:>5} {r.get('controller_cpu_pct')!s:>6} "
           f"{r.get('rss_bytes_per_flow')!s:>7}")

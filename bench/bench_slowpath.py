@@ -24,8 +24,10 @@ import json
 import os
 import platform
 import pstats
+import shutil
 import struct
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -188,11 +190,62 @@ def bench_fastpath(config: RouterConfig, n: int, conns: int, prof: cProfile.Prof
     return {"packets": n, "connections": offered, "pps": round(pps), "forwarded": hits}
 
 
+SLOW_FT = """
+[flowtable]
+ports = ["lan1", "wan"]
+[[flowtable.rules]]
+action = "skip"
+proto = "udp"
+dport = 5001
+"""
+FAST_FT = """
+[flowtable]
+ports = ["lan1", "wan"]
+hw_offload = false
+"""
+
+
+def through_switch(kind: str, build_dir: Path, tmp: Path, path: str, rate: float, seconds: float) -> dict[str, Any]:
+    """UDP datagrams from A to B at `rate`/s through the switch: every one a packet-in, a decision by the
+    slow path (policy skip) or the software fast path (hardware offload off), and a packet-out."""
+    import subprocess
+
+    import bench_flowtable_scale as scale
+
+    port = 5001 if path == "slow" else 5002
+    with scale.lab(kind, build_dir, tmp, SLOW_FT if path == "slow" else FAST_FT) as (a, b, _sw, ctl, sock):
+        hostapp = str(scale.HOSTAPP)
+        sink = b.popen(sys.executable, hostapp, "udpsink", scale.B_ADDR, str(port), str(seconds),
+                       stdout=subprocess.PIPE)
+        try:
+            scale.read_line(sink, "ready", 30)
+            cpu0, t0 = scale.cpu_ticks(ctl.pid), time.monotonic()
+            blast = a.run(sys.executable, hostapp, "udpblast", scale.B_ADDR, str(port), str(rate), str(seconds),
+                          timeout=seconds + 120)
+            cpu1, t1 = scale.cpu_ticks(ctl.pid), time.monotonic()
+            sent = json.loads(blast.stdout.strip().splitlines()[-1])
+            assert sink.stdout is not None
+            got = json.loads(sink.stdout.readline())
+            stats = scale.Sampler(sock).stats() or {}
+        finally:
+            if sink.poll() is None:
+                sink.kill()
+            sink.wait()
+    c = stats.get("controller", {})
+    return {"switch": kind, "path": path, "offered_pps": round(sent["sent"] / sent["seconds"]),
+            "delivered_pps": round(got["received"] / seconds), "sent": sent["sent"], "received": got["received"],
+            "controller_cpu_pct": round(100 * (cpu1 - cpu0) / scale.HZ / (t1 - t0), 1),
+            "packet_in": c.get("packet_in"), "slowpath_packets": c.get("slowpath_packets"),
+            "fastpath_packets": c.get("fastpath_packets"), "queue_dropped": c.get("queue_dropped")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer packets")
     ap.add_argument("--profile", type=Path, help="write cProfile stats of the in-process runs here")
     ap.add_argument("--out", type=Path, default=RESULTS / "slowpath.json")
+    ap.add_argument("--switch", default="", help="also through softswitch and/or bmv2 (needs root), comma separated")
+    ap.add_argument("--rate", type=float, default=25000, help="datagrams/s offered through the switch")
     args = ap.parse_args(argv)
     n = 20000 if args.quick else 100000
     conns = 1000 if args.quick else 5000
@@ -203,6 +256,29 @@ def main(argv: list[str] | None = None) -> int:
     res["in_process"]["new_connections"] = bench_new(config, n, prof)
     res["in_process"]["established"] = bench_established(config, n, conns, prof)
     res["in_process"]["fastpath"] = bench_fastpath(config, n, conns, prof)
+    kinds = [k for k in args.switch.split(",") if k]
+    if "bmv2" in kinds and (shutil.which("simple_switch_grpc") is None or shutil.which("p4c-bm2-ss") is None):
+        print("bench_slowpath: simple_switch_grpc or p4c-bm2-ss not on PATH; BMv2 skipped")
+        kinds.remove("bmv2")
+    if kinds:
+        from offloadgen.build import build
+        from offloadgen.profile import load_profile
+
+        res["through_switch"] = []
+        seconds = 5.0 if args.quick else 15.0
+        with tempfile.TemporaryDirectory(prefix="slowpath-") as tmpd:
+            tmp = Path(tmpd)
+            build(load_profile(REPO / "profiles" / "default.toml"), tmp / "build",
+                  use_p4c=shutil.which("p4c-bm2-ss") is not None)
+            for kind in kinds:
+                for path in ("slow", "fast"):
+                    run_tmp = tmp / f"{kind}-{path}"
+                    run_tmp.mkdir()
+                    r = through_switch(kind, tmp / "build", run_tmp, path, args.rate, seconds)
+                    res["through_switch"].append(r)
+                    print(f"{kind:10} {path} path: {r['delivered_pps']:>7,} packets/s delivered of "
+                          f"{r['offered_pps']:,} offered; controller CPU {r['controller_cpu_pct']} %, "
+                          f"queue drops {r['queue_dropped']}")
     res["loadavg"] = {"before": load_before, "after": os.getloadavg()}
     res["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     for name, r in res["in_process"].items():

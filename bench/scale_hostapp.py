@@ -2,6 +2,8 @@
 
     server ADDR PORT[,PORT...]             echo every byte back; print "ready" once listening
     client DST PORT[,PORT...] SRC[,SRC...] N INTERVAL HOLD OUT.json
+    udpsink ADDR PORT SECONDS              count datagrams for SECONDS after the first; answer "ping"s
+    udpblast DST PORT RATE SECONDS         a "ping" until answered, then RATE datagrams/s for SECONDS
 
 The client opens N connections (round robin over the source addresses and server ports, at most CONCURRENT
 handshakes at a time), prints "connected N" when all are up, then on each connection sends 16 bytes every
@@ -146,7 +148,65 @@ async def client(dst: str, ports: list[int], srcs: list[str], n: int, interval: 
     print("done", flush=True)
 
 
+def udpsink(addr: str, port: int, seconds: float) -> None:
+    """Print how many datagrams arrived within SECONDS of the first data datagram (the blast)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    s.bind((addr, port))
+    print("ready", flush=True)
+    n, first, end = 0, 0.0, float("inf")
+    s.settimeout(120)
+    while True:
+        try:
+            b, peer = s.recvfrom(2048)
+        except TimeoutError:
+            break
+        if b == b"ping":
+            s.sendto(b"pong", peer)
+            continue
+        now = time.monotonic()
+        if not n:
+            first, end = now, now + seconds + 2  # the tail: what was in flight when the sender stopped
+            s.settimeout(1.0)
+        if now > end:
+            break
+        n += 1
+    print(json.dumps({"received": n, "seconds": seconds, "first": first}), flush=True)
+
+
+def udpblast(dst: str, port: int, rate: float, seconds: float) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.5)
+    for _ in range(60):  # the router learns both ends and, for the fast path, conntrack sees a reply
+        s.sendto(b"ping", (dst, port))
+        try:
+            if s.recvfrom(64)[0] == b"pong":
+                break
+        except TimeoutError:
+            continue
+    else:
+        sys.exit("udpblast: no answer to ping")
+    time.sleep(0.5)  # the flowtable offer happens on the reply; give it the next packet
+    payload = b"x" * 18
+    sent, t0 = 0, time.monotonic()
+    burst = max(1, int(rate / 100))
+    while (now := time.monotonic()) - t0 < seconds:
+        due = int((now - t0) * rate)
+        for _ in range(min(burst, due - sent)):
+            s.sendto(payload, (dst, port))
+            sent += 1
+        if sent >= due:
+            time.sleep(0.005)
+    print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0}), flush=True)
+
+
 def main() -> None:
+    if sys.argv[1] == "udpsink":
+        udpsink(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        return
+    if sys.argv[1] == "udpblast":
+        udpblast(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
+        return
     if sys.argv[1] == "server":
         asyncio.run(server(sys.argv[2], [int(p) for p in sys.argv[3].split(",")]))
     else:
