@@ -481,7 +481,9 @@ def _port_reuse(lab: Lab) -> None:
         if proc.poll() is None:
             proc.kill()
         stop(srv)
-    assert f"new connection {ct2['id']}: tcp" in (lab.tmp / "controller.log").read_text()
+    # The controller writes its INFO lines in blocks, at least once a second.
+    wait_for(lambda: f"new connection {ct2['id']}: tcp" in (lab.tmp / "controller.log").read_text(), 3,
+             "the second connection's new-connection log line")
     assert_switch_matches_flowtable(lab)
 
 
