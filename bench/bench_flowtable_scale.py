@@ -239,7 +239,9 @@ def run_one(kind: str, n: int, build_dir: Path, tmp: Path, profile: Path | None 
             s = samp.sample(time.monotonic() - t0)
             if s is not None:
                 expired_before_close = s["flowtable"]["counters"].get("expired", 0)
-                res["periodic_work"] = {k: v for k, v in s["controller"].items() if k.endswith(("_us_last", "_us_max"))}
+                # Pass durations wherever the controller shows them (the stats pass may join the flowtable's).
+                timed = {**s["flowtable"].get("counters", {}), **s["flowtable"], **s["controller"]}
+                res["periodic_work"] = {k: v for k, v in timed.items() if k.endswith(("_us_last", "_us_max"))}
                 res["flowtable_counters"] = s["flowtable"]["counters"]
             cpu1, wall1 = cpu_ticks(ctl.pid), time.monotonic()
             res["controller_cpu_pct"] = round(100 * (cpu1 - cpu0) / HZ / (wall1 - wall0), 1)
