@@ -1,169 +1,298 @@
-"""The two slow paths compared on softswitch (or BMv2): how fast new connections reach [HW_OFFLOAD], and how
-many packets per second the slow path forwards. Prints the figures and writes bench/results/slowpath.json.
+"""Packets/s through the controller's slow path and its software fast path.
 
-- connections/s: host A opens N UDP connections to an echo server on B (two datagrams each way, all at
-  once); the time from the first datagram until `offloadgen stats` counts N acknowledged hardware adds.
-- slow-path packets/s: a TCP transfer to port 5001, which the policy keeps on the slow path; packet-ins per
-  second at the controller and the transfer's Mbit/s.
+Two layers, so the controller's own cost can be told apart from the switch's and gRPC's:
 
-    .venv/bin/python bench/bench_slowpath.py [--switch softswitch|bmv2] [--conns 200] [--mib 8]
+- in-process: frames handed straight to runtime's SlowPath (parse, conntrack, NAT, route, rewrite; the
+  packet-out is a list append) and to the flowtable's FastPath. Three loads: new connections (one TCP SYN
+  each from distinct source ports, through masquerade), established connections (data segments both ways on
+  connections already tracked) and the fast path (data segments of flows in the software flowtable).
+- through a switch (``--switch softswitch,bmv2``): hosts in namespaces send UDP datagrams through the router
+  (port 5001... kept on the slow path by a policy rule, so every packet is a packet-in, a slow-path decision
+  and a packet-out) and, with the flowtable's hardware offload switched off, through the software fast path
+  (every packet a packet-in, a fast-path rewrite and a packet-out). The rate is what reaches the receiver.
 
-Needs root (namespaces, veths); uses random names and a free gRPC port like the tests.
+Prints the figures and writes bench/results/slowpath.json.
+
+    .venv/bin/python bench/bench_slowpath.py [--quick] [--switch softswitch,bmv2] [--profile FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import cProfile
 import json
+import os
 import platform
+import pstats
 import shutil
-import subprocess
+import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "runtime"))
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-from hostapps import TCP_CLIENT, TCP_SERVER, UDP_SERVER, start_server, stop, wait_for  # noqa: E402
+from runtime import packet as P  # noqa: E402
+from runtime.config import RouterConfig, load_config  # noqa: E402
+from runtime.conntrack import NS, Dir  # noqa: E402
+from runtime.flowtable.core import FlowTable  # noqa: E402
+from runtime.flowtable.fastpath import FastPath  # noqa: E402
+from runtime.flowtable.model import FlowTuple  # noqa: E402
+from runtime.flowtable.policy import FlowtableConfig  # noqa: E402
+from runtime.slowpath import SlowPath  # noqa: E402
 
-from offloadgen.build import build  # noqa: E402
-from offloadgen.netlab import Host, Netlab  # noqa: E402
-from offloadgen.profile import load_profile  # noqa: E402
-from offloadgen.switchproc import SwitchProcess, SwitchSpec, free_grpc_addr, free_port  # noqa: E402
-from runtime.status import query  # noqa: E402
-
-B_ADDR = "192.0.2.20"
-
-#: N UDP connections from consecutive source ports, two datagrams each way.
-MANY_UDP = r"""
-import socket, sys
-n, base = int(sys.argv[2]), int(sys.argv[3])
-socks = []
-for i in range(n):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", base + i)); s.settimeout(2)
-    s.sendto(b"hello", (sys.argv[1], 5353)); socks.append(s)
-ok = 0
-for rnd in range(2):  # the second round: a packet of a connection seen both ways, which offers it
-    for s in socks:
-        try:
-            s.recvfrom(2048); ok += rnd
-        except OSError:
-            pass
-        if rnd == 0:
-            s.sendto(b"again", (sys.argv[1], 5353))
-print(ok)
-"""
-
-FLOWTABLE = """
-[flowtable]
-ports = ["lan1", "lan2", "lan3", "wan"]
-tcp_timeout = 30
-udp_timeout = 30
-
-[[flowtable.rules]]
-action = "skip"
-proto = "tcp"
-dport = 5001
-"""
+RESULTS = REPO / "bench" / "results"
+CONFIG = REPO / "configs" / "router.toml"
+A_MAC, R1_MAC, B_MAC, R4_MAC = (bytes.fromhex(m) for m in ("020000000010", "020000000101", "020000000020",
+                                                             "020000000104"))
+A_IP, B_IP, WAN_IP = bytes([10, 0, 1, 10]), bytes([192, 0, 2, 20]), bytes([192, 0, 2, 1])
 
 
-@contextlib.contextmanager
-def lab(kind: str, slowpath: str, build_dir: Path, tmp: Path) -> Iterator[tuple[Host, Host, Path]]:
-    text = (REPO / "configs" / "router.toml").read_text()
-    config = tmp / "router.toml"
-    config.write_text(text[:text.index("\n[flowtable]")] + "\n" + FLOWTABLE)
-    with Netlab() as net:
-        a = net.add_host("a", mac="02:00:00:00:00:10", ipv4="10.0.1.10/24", gw4="10.0.1.1")
-        b = net.add_host("b", mac="02:00:00:00:00:20", ipv4=f"{B_ADDR}/24", gw4="192.0.2.1")
-        spec = SwitchSpec(kind=kind, ports={1: a.switch_iface, 4: b.switch_iface}, grpc_addr=free_grpc_addr(),  # type: ignore[arg-type]
-                          cpu_port=255, log_file=tmp / "switch.log", thrift_port=free_port())
-        sock = tmp / "ctl.sock"
-        with SwitchProcess(spec), open(tmp / f"controller-{slowpath}.log", "ab") as log:
-            ctl = subprocess.Popen([sys.executable, "-m", "offloadgen.cli", "run", "--config", str(config), "--switch",
-                                    spec.grpc_addr, "--build", str(build_dir), "--target", kind, "--status-socket",
-                                    str(sock), "--slowpath", slowpath], stdout=log, stderr=subprocess.STDOUT)
-            try:
-                wait_for(lambda: _ok(sock), 30, "the controller")
-                yield a, b, sock
-            except BaseException:
-                print((tmp / f"controller-{slowpath}.log").read_text()[-3000:], file=sys.stderr)
-                raise
-            finally:
-                ctl.terminate()
-                ctl.wait(30)
+def tcp(src: bytes, dst: bytes, sport: int, dport: int, flags: int, seq: int, ack: int, payload: bytes = b"") -> bytes:
+    """An IPv4 TCP segment with correct checksums (no options)."""
+    hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
+    seg = hdr + payload
+    csum = P.checksum(seg, P.pseudo_sum(src, dst, 6, len(seg)))
+    seg = seg[:16] + struct.pack("!H", csum) + seg[18:]
+    return P.ipv4(src, dst, 6, seg)
 
 
-def _ok(sock: Path) -> bool:
-    try:
-        query("stats", sock, timeout=2)
-        return True
-    except Exception:
+def frame(dst_mac: bytes, src_mac: bytes, ip: bytes) -> bytes:
+    return P.ethernet(dst_mac, src_mac, P.ETH_P_IP, ip)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000 * NS
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def new_slowpath(config: RouterConfig) -> tuple[SlowPath, list[tuple[int, bytes]], Clock]:
+    clock = Clock()
+    out: list[tuple[int, bytes]] = []
+    sp = SlowPath(config, clock=clock, emit=lambda port, f: out.append((port, f)))
+    # A and B answer ARP once, as after their first exchange.
+    sp.handle(1, P.ethernet(b"\xff" * 6, A_MAC, P.ETH_P_ARP, P.arp(1, A_MAC, A_IP, b"\0" * 6, bytes([10, 0, 1, 1]))))
+    sp.handle(4, P.ethernet(b"\xff" * 6, B_MAC, P.ETH_P_ARP, P.arp(1, B_MAC, B_IP, b"\0" * 6, WAN_IP)))
+    out.clear()
+    return sp, out, clock
+
+
+def timed(n: int, fn: Callable[[], None], prof: cProfile.Profile | None) -> float:
+    """Packets per second of this process's CPU time: on a machine shared with other work the wall clock
+    mostly measures the others (the figure is per core either way, the loop is single-threaded)."""
+    if prof is not None:
+        prof.enable()
+    t0 = time.process_time()
+    fn()
+    dt = time.process_time() - t0
+    if prof is not None:
+        prof.disable()
+    return n / dt
+
+
+SYN, ACK, PSH = 0x02, 0x10, 0x08
+
+
+def bench_new(config: RouterConfig, n: int, prof: cProfile.Profile | None) -> dict[str, Any]:
+    """n TCP SYNs from distinct source ports: each is a new connection (conntrack, masquerade, route)."""
+    sp, out, _ = new_slowpath(config)
+    frames = [frame(R1_MAC, A_MAC, tcp(A_IP, B_IP, 1024 + i % 60000, 5001 + i // 60000, SYN, 1000, 0))
+              for i in range(n)]
+
+    def run() -> None:
+        h = sp.handle
+        for f in frames:
+            h(1, f)
+
+    pps = timed(n, run, prof)
+    return {"packets": n, "pps": round(pps), "forwarded": len(out), "connections": len(sp.conntrack)}
+
+
+def establish(sp: SlowPath, out: list[tuple[int, bytes]], conns: int) -> list[tuple[int, bytes]]:
+    """Open `conns` connections (SYN, SYN/ACK, ACK) and return a data segment per direction for each."""
+    data: list[tuple[int, bytes]] = []
+    for i in range(conns):
+        sport = 1024 + i
+        sp.handle(1, frame(R1_MAC, A_MAC, tcp(A_IP, B_IP, sport, 5001, SYN, 1000, 0)))
+        nat_port = struct.unpack("!H", out[-1][1][34:36])[0]
+        sp.handle(4, frame(R4_MAC, B_MAC, tcp(B_IP, WAN_IP, 5001, nat_port, SYN | ACK, 5000, 1001)))
+        sp.handle(1, frame(R1_MAC, A_MAC, tcp(A_IP, B_IP, sport, 5001, ACK, 1001, 5001)))
+        data.append((1, frame(R1_MAC, A_MAC, tcp(A_IP, B_IP, sport, 5001, ACK | PSH, 1001, 5001, b"x" * 16))))
+        data.append((4, frame(R4_MAC, B_MAC, tcp(B_IP, WAN_IP, 5001, nat_port, ACK | PSH, 5001, 1017, b"y" * 16))))
+    out.clear()
+    return data
+
+
+def bench_established(config: RouterConfig, n: int, conns: int, prof: cProfile.Profile | None) -> dict[str, Any]:
+    sp, out, _ = new_slowpath(config)
+    data = establish(sp, out, conns)
+    seq = [data[i % len(data)] for i in range(n)]
+
+    def run() -> None:
+        h = sp.handle
+        for port, f in seq:
+            h(port, f)
+
+    pps = timed(n, run, prof)
+    return {"packets": n, "connections": conns, "pps": round(pps), "forwarded": len(out)}
+
+
+class _Ref:
+    """The flowtable's handle on a connection (ConnRef); the bench counts nothing per connection."""
+
+    def is_dying(self) -> bool:
         return False
 
+    def acct_add(self, direction: Dir, packets: int, nbytes: int) -> None:
+        pass
 
-def conns_per_s(a: Host, b: Host, sock: Path, n: int) -> dict[str, Any]:
-    srv = start_server(b, UDP_SERVER, "0.0.0.0", "5353")
-    # neighbours resolved first: a burst to an unresolved next hop measures the neighbour queue, not this
-    a.run("ping", "-c", "2", "-i", "0.2", "-W", "2", B_ADDR, check=False)
-    try:
-        before = query("stats", sock)["flowtable"]["counters"]["hw_add_ok"]
-        t0 = time.monotonic()
-        out = a.run(sys.executable, "-c", MANY_UDP, B_ADDR, str(n), "20000", timeout=120)
-        wait_for(lambda: query("stats", sock)["flowtable"]["counters"]["hw_add_ok"] - before >= n, 120,
-                 f"{n} connections in hardware (answered: {out.stdout.strip()})")
-        dt = time.monotonic() - t0
-        st = query("stats", sock)
-    finally:
-        stop(srv)
-    return {"counters": st["flowtable"]["counters"], "controller": st["controller"], "connections": n, "answered": int(out.stdout.strip()), "seconds": round(dt, 3),
-            "connections_per_s_to_hw_offload": round(n / dt, 1)}
+    def on_teardown(self) -> None:
+        pass
 
 
-def slowpath_pps(a: Host, b: Host, sock: Path, mib: int) -> dict[str, Any]:
-    srv = start_server(b, TCP_SERVER, "0.0.0.0", "5001")
-    try:
-        pin0 = query("stats", sock)["controller"]["packet_in"]
-        t0 = time.monotonic()
-        out = a.run(sys.executable, "-c", TCP_CLIENT, B_ADDR, "5001", str(mib * 1024 * 1024), timeout=600)
-        dt = time.monotonic() - t0
-        pin = query("stats", sock)["controller"]["packet_in"] - pin0
-    finally:
-        stop(srv)
-    _peer, n, digest, sent = out.stdout.splitlines()[-1].split()
-    return {"bytes": int(n), "intact": digest == sent, "seconds": round(dt, 3), "packet_in": pin,
-            "slowpath_packets_per_s": round(pin / dt, 1), "mbit_per_s": round(int(n) * 8 / dt / 1e6, 2)}
+def bench_fastpath(config: RouterConfig, n: int, conns: int, prof: cProfile.Profile | None) -> dict[str, Any]:
+    """Data segments of flows held by the software flowtable (offered from the slow path's connections)."""
+    sp, out, clock = new_slowpath(config)
+    data = establish(sp, out, conns)
+    ft = FlowTable(FlowtableConfig(), clock=clock)
+    from runtime.flowtable.core import FlowDirection
+
+    offered = 0
+    for conn in sp.conntrack.conns():
+        dirs = []
+        for d in (Dir.ORIGINAL, Dir.REPLY):
+            t = conn.tuples[d]
+            acts = conn.actions[d]
+            if acts is None:
+                break
+            dirs.append(FlowDirection(FlowTuple(conn.iif[d], t.src, t.dst, t.proto, t.sport, t.dport), acts))
+        if len(dirs) == 2:
+            _, flow = ft.offer(_Ref(), dirs[0], dirs[1], seen_reply=True, tcp_established=True)
+            offered += flow is not None
+    fp = FastPath(ft)
+    seq = [data[i % len(data)] for i in range(n)]
+    hits = 0
+
+    def run() -> None:
+        nonlocal hits
+        fwd = fp.forward
+        for port, f in seq:
+            if fwd(f, port) is not None:
+                hits += 1
+
+    pps = timed(n, run, prof)
+    return {"packets": n, "connections": offered, "pps": round(pps), "forwarded": hits}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--switch", choices=("softswitch", "bmv2"), default="softswitch")
-    ap.add_argument("--conns", type=int, default=200)
-    ap.add_argument("--mib", type=int, default=8)
-    ap.add_argument("--slowpath", choices=("offloadgen", "kernel"), action="append",
-                    help="only this slow path (repeatable; default both)")
-    args = ap.parse_args()
-    results: dict[str, Any] = {"switch": args.switch, "machine": platform.machine(), "python": platform.python_version()}
-    with tempfile.TemporaryDirectory(prefix="ogbench-") as td:
-        tmp = Path(td)
-        build(load_profile(REPO / "profiles" / "default.toml"), tmp / "build",
-              use_p4c=args.switch == "bmv2" and shutil.which("p4c-bm2-ss") is not None)
-        for sp in args.slowpath or ("offloadgen", "kernel"):
-            with lab(args.switch, sp, tmp / "build", tmp) as (a, b, sock):
-                r = {"conns": conns_per_s(a, b, sock, args.conns), "slowpath": slowpath_pps(a, b, sock, args.mib)}
-            results[sp] = r
-            print(f"{args.switch} --slowpath {sp:<10}: {r['conns']['connections_per_s_to_hw_offload']:>8} connections/s "
-                  f"to [HW_OFFLOAD]; slow path {r['slowpath']['slowpath_packets_per_s']:>8} packets/s "
-                  f"({r['slowpath']['mbit_per_s']} Mbit/s TCP)", flush=True)
-    out = REPO / "bench" / "results" / f"slowpath-{args.switch}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+SLOW_FT = """
+[flowtable]
+ports = ["lan1", "wan"]
+[[flowtable.rules]]
+action = "skip"
+proto = "udp"
+dport = 5001
+"""
+FAST_FT = """
+[flowtable]
+ports = ["lan1", "wan"]
+hw_offload = false
+"""
+
+
+def through_switch(kind: str, build_dir: Path, tmp: Path, path: str, rate: float, seconds: float) -> dict[str, Any]:
+    """UDP datagrams from A to B at `rate`/s through the switch: every one a packet-in, a decision by the
+    slow path (policy skip) or the software fast path (hardware offload off), and a packet-out."""
+    import subprocess
+
+    import bench_flowtable_scale as scale
+
+    port = 5001 if path == "slow" else 5002
+    with scale.lab(kind, build_dir, tmp, SLOW_FT if path == "slow" else FAST_FT) as (a, b, _sw, ctl, sock):
+        hostapp = str(scale.HOSTAPP)
+        sink = b.popen(sys.executable, hostapp, "udpsink", scale.B_ADDR, str(port), str(seconds),
+                       stdout=subprocess.PIPE)
+        try:
+            scale.read_line(sink, "ready", 30)
+            cpu0, t0 = scale.cpu_ticks(ctl.pid), time.monotonic()
+            blast = a.run(sys.executable, hostapp, "udpblast", scale.B_ADDR, str(port), str(rate), str(seconds),
+                          timeout=seconds + 120)
+            cpu1, t1 = scale.cpu_ticks(ctl.pid), time.monotonic()
+            sent = json.loads(blast.stdout.strip().splitlines()[-1])
+            assert sink.stdout is not None
+            got = json.loads(sink.stdout.readline())
+            stats = scale.Sampler(sock).stats() or {}
+        finally:
+            if sink.poll() is None:
+                sink.kill()
+            sink.wait()
+    c = stats.get("controller", {})
+    return {"switch": kind, "path": path, "offered_pps": round(sent["sent"] / sent["seconds"]),
+            "delivered_pps": round(got["received"] / seconds), "sent": sent["sent"], "received": got["received"],
+            "controller_cpu_pct": round(100 * (cpu1 - cpu0) / scale.HZ / (t1 - t0), 1),
+            "packet_in": c.get("packet_in"), "slowpath_packets": c.get("slowpath_packets"),
+            "fastpath_packets": c.get("fastpath_packets"), "queue_dropped": c.get("queue_dropped")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer packets")
+    ap.add_argument("--profile", type=Path, help="write cProfile stats of the in-process runs here")
+    ap.add_argument("--out", type=Path, default=RESULTS / "slowpath.json")
+    ap.add_argument("--switch", default="", help="also through softswitch and/or bmv2 (needs root), comma separated")
+    ap.add_argument("--rate", type=float, default=25000, help="datagrams/s offered through the switch")
+    args = ap.parse_args(argv)
+    n = 20000 if args.quick else 100000
+    conns = 1000 if args.quick else 5000
+    config = load_config(CONFIG)
+    prof = cProfile.Profile() if args.profile else None
+    load_before = os.getloadavg()
+    res: dict[str, Any] = {"in_process": {}}
+    res["in_process"]["new_connections"] = bench_new(config, n, prof)
+    res["in_process"]["established"] = bench_established(config, n, conns, prof)
+    res["in_process"]["fastpath"] = bench_fastpath(config, n, conns, prof)
+    kinds = [k for k in args.switch.split(",") if k]
+    if "bmv2" in kinds and (shutil.which("simple_switch_grpc") is None or shutil.which("p4c-bm2-ss") is None):
+        print("bench_slowpath: simple_switch_grpc or p4c-bm2-ss not on PATH; BMv2 skipped")
+        kinds.remove("bmv2")
+    if kinds:
+        from offloadgen.build import build
+        from offloadgen.profile import load_profile
+
+        res["through_switch"] = []
+        seconds = 5.0 if args.quick else 15.0
+        with tempfile.TemporaryDirectory(prefix="slowpath-") as tmpd:
+            tmp = Path(tmpd)
+            build(load_profile(REPO / "profiles" / "default.toml"), tmp / "build",
+                  use_p4c=shutil.which("p4c-bm2-ss") is not None)
+            for kind in kinds:
+                for path in ("slow", "fast"):
+                    run_tmp = tmp / f"{kind}-{path}"
+                    run_tmp.mkdir()
+                    r = through_switch(kind, tmp / "build", run_tmp, path, args.rate, seconds)
+                    res["through_switch"].append(r)
+                    print(f"{kind:10} {path} path: {r['delivered_pps']:>7,} packets/s delivered of "
+                          f"{r['offered_pps']:,} offered; controller CPU {r['controller_cpu_pct']} %, "
+                          f"queue drops {r['queue_dropped']}")
+    res["loadavg"] = {"before": load_before, "after": os.getloadavg()}
+    res["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    for name, r in res["in_process"].items():
+        print(f"in-process {name:16} {r['pps']:>9,} packets/s of CPU time  ({r['packets']} packets, {r['forwarded']} out)")
+    print(f"load average {load_before[0]:.1f} -> {res['loadavg']['after'][0]:.1f} on {os.cpu_count()} cores")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    if prof is not None:
+        prof.dump_stats(str(args.profile))
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -51,6 +51,17 @@ class Nat:
         self.rng = rng or random.Random()
         self.is_local = is_local or (lambda addr: False)
         self.stats = {"allocated": 0, "kept": 0, "failed": 0}
+        # Every new connection is matched against the SNAT rules: their source prefixes as (length, network,
+        # mask) integers, and each port's primary address per family, worked out once instead of per packet.
+        self._snat_src = [None if rule.src is None else
+                          [(n.max_prefixlen // 8, int(n.network_address), int(n.netmask)) for n in rule.src]
+                          for rule in config.snat]
+        self._primary: dict[tuple[int, int], bytes | None] = {}
+        for pc in config.ports.values():
+            for family in (4, 6):
+                primary = pc.primary(family)
+                ok = primary is not None and not (family == 6 and primary.ip.is_link_local)
+                self._primary[(pc.port, family)] = primary.ip.packed if ok and primary is not None else None
 
     def dnat_target(self, orig: CtTuple, in_port: int) -> DnatTarget | None:
         for rule in self.config.dnat:
@@ -72,21 +83,21 @@ class Nat:
         return None
 
     def snat_target(self, orig: CtTuple, out_port: int) -> SnatTarget | None:
-        src = ipaddress.ip_address(orig.src)
-        for rule in self.config.snat:
+        src = int.from_bytes(orig.src, "big")
+        width = len(orig.src)
+        for rule, nets in zip(self.config.snat, self._snat_src, strict=True):
             if rule.out_port != out_port:
                 continue
-            if rule.src is not None and not any(src in net for net in rule.src if net.version == src.version):
+            if nets is not None and not any(w == width and src & mask == net for w, net, mask in nets):
                 continue
             if rule.to is not None:
                 if rule.to.version != orig.family:
                     continue
                 return SnatTarget(rule.to.packed, rule.ports, rule)
-            pc = self.config.ports[out_port]
-            primary = pc.primary(orig.family)
-            if primary is None or (orig.family == 6 and primary.ip.is_link_local):
+            addr = self._primary.get((out_port, orig.family))
+            if addr is None:
                 continue
-            return SnatTarget(primary.ip.packed, rule.ports, rule)
+            return SnatTarget(addr, rule.ports, rule)
         return None
 
     def reply_tuple(self, orig: CtTuple, snat: SnatTarget | None, dnat: DnatTarget | None) -> CtTuple:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from .config import IPAddr, IPNet, RouterConfig
@@ -27,9 +26,18 @@ class RouteError(ConfigError):
     pass
 
 
+#: Destinations remembered per routing table; the cache is dropped when full (a scan of thousands of
+#: addresses must not grow it without bound) and whenever a route is added.
+CACHE_SIZE = 65536
+
+
 class RoutingTable:
     def __init__(self) -> None:
         self._routes: dict[int, list[Route]] = {4: [], 6: []}  # kept longest prefix first
+        # The same routes as (network, mask) integers: every slow-path packet is routed, and matching
+        # integers costs a fraction of building an ipaddress object and testing `in` per route.
+        self._match: dict[int, list[tuple[int, int, Route]]] = {4: [], 6: []}
+        self._cache: dict[bytes, Route | None] = {}
         self._local: dict[bytes, int] = {}  # the router's own addresses -> port
 
     @classmethod
@@ -56,16 +64,30 @@ class RoutingTable:
         routes = self._routes[route.dst.version]
         routes.append(route)
         routes.sort(key=lambda r: r.dst.prefixlen, reverse=True)
+        self._match[route.dst.version] = [(int(r.dst.network_address), int(r.dst.netmask), r) for r in routes]
+        self._cache.clear()
 
     def routes(self) -> list[Route]:
         return self._routes[4] + self._routes[6]
 
     def lookup(self, dst: IPAddr | bytes) -> Route | None:
-        addr = ipaddress.ip_address(dst) if isinstance(dst, bytes) else dst
-        for route in self._routes[addr.version]:
-            if addr in route.dst:
-                return route
-        return None
+        key = dst if isinstance(dst, bytes) else dst.packed
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        if len(key) not in (4, 16):
+            raise ValueError(f"route lookup: {key.hex()} is not an IPv4 or IPv6 address")
+        addr = int.from_bytes(key, "big")
+        found = None
+        for net, mask, route in self._match[4 if len(key) == 4 else 6]:
+            if addr & mask == net:
+                found = route
+                break
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        self._cache[key] = found
+        return found
 
     def is_local(self, addr: bytes) -> bool:
         return addr in self._local

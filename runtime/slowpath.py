@@ -300,7 +300,7 @@ class SlowPath:
 
     def _forward(self, conn: Conn, direction: Dir, this: CtTuple, other: CtTuple, pkt: P.Packet, route: Route) -> None:
         out = self.config.ports[route.port]
-        nh = route.next_hop(ipaddress.ip_address(other.src)).packed
+        nh = route.gateway.packed if route.gateway is not None else other.src  # route.next_hop without ipaddress
         mac = self.neigh.lookup(route.port, nh)
         in_port = conn.iif[direction]
         stmts = self.statements(conn, direction, in_port if in_port is not None else -1, route.port)
