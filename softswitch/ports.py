@@ -33,6 +33,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -332,6 +333,18 @@ class TxBatching:
             port.flush()
 
 
+@dataclass(frozen=True, slots=True)
+class RingSizes:
+    """Ring geometry. The receive ring holds block_size * block_nr bytes (4 MiB: ~30 ms of a saturated
+    gigabit link); a frame may be as large as a block less its headers. A block reaches the switch when
+    full or after retire_ms, the most a lone frame waits. tx_bytes is the transmit ring per port."""
+
+    block_size: int = 1 << 17
+    block_nr: int = 32
+    retire_ms: int = 1
+    tx_bytes: int = 2 << 20
+
+
 def _pow2_at_least(n: int) -> int:
     return 1 << max(n - 1, 1).bit_length()
 
@@ -347,17 +360,17 @@ class RingPort:
     io = "ring"
 
     def __init__(self, number: int, iface: str, on_frame: FrameHandler, *, offloads_off: bool = True,
-                 batching: TxBatching | None = None, block_size: int = 1 << 17, block_nr: int = 32,
-                 retire_ms: int = 1, tx_bytes: int = 2 << 20) -> None:
+                 batching: TxBatching | None = None, rings: RingSizes | None = None) -> None:
         self.number = number
         self.iface = iface
         self.on_frame = on_frame
         self.offloads_off = offloads_off
         self.batching = batching if batching is not None else TxBatching()
-        self.block_size = block_size
-        self.block_nr = block_nr
-        self.retire_ms = retire_ms
-        self.tx_bytes = tx_bytes
+        sizes = rings or RingSizes()
+        self.block_size = sizes.block_size
+        self.block_nr = sizes.block_nr
+        self.retire_ms = sizes.retire_ms
+        self.tx_bytes = sizes.tx_bytes
         self.rx_packets = 0
         self.tx_packets = 0
         self.tx_dropped = 0
@@ -552,11 +565,11 @@ class RingPort:
 
 
 def open_port(number: int, iface: str, on_frame: FrameHandler, *, io: PacketIO = "ring",
-              batching: TxBatching | None = None, offloads_off: bool = True) -> Port:
+              batching: TxBatching | None = None, offloads_off: bool = True, rings: RingSizes | None = None) -> Port:
     """An opened port using `io`; a ring the kernel refuses falls back to a plain socket, with a log line
     saying why (the switch works either way, the plain socket is only slower)."""
     if io == "ring":
-        port = RingPort(number, iface, on_frame, offloads_off=offloads_off, batching=batching)
+        port = RingPort(number, iface, on_frame, offloads_off=offloads_off, batching=batching, rings=rings)
         try:
             return port.open()
         except OSError as exc:
