@@ -82,7 +82,8 @@ def send_loop(iface: str, data: bytes, seconds: float, rate: int = 0) -> int:
             time.sleep(0.0005)
             continue
         armed = 0
-        while armed < budget and status.unpack_from(ring, slot * fsize)[0] == 0:
+        # A completed slot reads TP_STATUS_AVAILABLE, possibly with a timestamp flag: test the busy bits only.
+        while armed < budget and not status.unpack_from(ring, slot * fsize)[0] & 0x7:
             status.pack_into(ring, slot * fsize, 1)
             slot = (slot + 1) % nr
             armed += 1

@@ -30,6 +30,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -271,9 +272,10 @@ TP_STATUS_AVAILABLE = 0
 TP_STATUS_SEND_REQUEST = 1
 TP_STATUS_WRONG_FORMAT = 4
 TPACKET_ALIGNMENT = 16
-# struct tpacket3_hdr up to hv1: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, tp_mac,
-# tp_net, hv1.tp_rxhash, hv1.tp_vlan_tci, hv1.tp_vlan_tpid
-TPACKET3_HDR = struct.Struct("=IIIIIIHHIIH")
+# struct tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, tp_mac, tp_net,
+# hv1 {tp_rxhash, tp_vlan_tci, tp_vlan_tpid}
+TPACKET3_HDR = struct.Struct("=I8xIIIH")  # tp_next_offset, tp_snaplen, tp_len, tp_status, tp_mac
+TPACKET3_VLAN = struct.Struct("=IH")  # hv1.tp_vlan_tci, hv1.tp_vlan_tpid, at offset 32
 TPACKET3_HDRLEN = 48  # TPACKET_ALIGN(sizeof(struct tpacket3_hdr)); the sockaddr_ll follows
 SLL_PKTTYPE = 10  # offset of sll_pkttype in struct sockaddr_ll
 # struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status, num_pkts,
@@ -283,7 +285,11 @@ BLOCK_PKTS = struct.Struct("=II")  # num_pkts, offset_to_first_pkt at offset 12
 TPACKET_REQ3 = struct.Struct("=IIIIIII")  # block size, block nr, frame size, frame nr, retire tov, priv, features
 TPACKET_REQ = struct.Struct("=IIII")
 TX_DATA = 32  # TPACKET2_HDRLEN - sizeof(struct sockaddr_ll): where the kernel reads a TX frame's bytes
-TX_HDR = struct.Struct("=II")  # tp_status, tp_len
+TX_LEN = struct.Struct("=I")  # tp_len, at offset 4 of struct tpacket2_hdr
+# Status words hold flags too (a completed TX slot may read TP_STATUS_AVAILABLE | TP_STATUS_TS_SOFTWARE), so
+# tests look at the flag bits, all in the word's lowest byte; this is its offset in native byte order.
+STATUS_LOW = 0 if sys.byteorder == "little" else 3
+TX_BUSY = 0x7  # TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING | TP_STATUS_WRONG_FORMAT
 
 PacketIO = Literal["ring", "plain"]
 
@@ -456,8 +462,8 @@ class RingPort:
         poller = select.poll()
         poller.register(rx.fileno(), select.POLLIN | select.POLLERR)
         bsize, nblocks = self.block_size, self.block_nr
-        unpack_status = struct.Struct("=I").unpack_from
         unpack_hdr = TPACKET3_HDR.unpack_from
+        filter_outgoing = self._filter_outgoing
         on_frame, number, maxf = self.on_frame, self.number, self._max_frame
         fixups = TP_STATUS_VLAN_VALID | TP_STATUS_CSUMNOTREADY
         batching = self.batching
@@ -465,7 +471,7 @@ class RingPort:
         warned = 0.0
         while not self._stop.is_set():
             base = block * bsize
-            if not unpack_status(ring, base + BLOCK_STATUS)[0] & TP_STATUS_USER:
+            if not ring[base + BLOCK_STATUS + STATUS_LOW] & TP_STATUS_USER:
                 poller.poll(200)  # EINTR is retried by Python (PEP 475)
                 continue
             num, first = BLOCK_PKTS.unpack_from(ring, base + 12)
@@ -473,14 +479,14 @@ class RingPort:
             batching.begin()
             try:
                 for _ in range(num):
-                    nxt, _s, _ns, snaplen, length, status, mac, _net, _hash, tci, tpid = unpack_hdr(ring, pos)
-                    if self._filter_outgoing and ring[pos + TPACKET3_HDRLEN + SLL_PKTTYPE] == PACKET_OUTGOING:
+                    nxt, snaplen, length, status, mac = unpack_hdr(ring, pos)
+                    if filter_outgoing and ring[pos + TPACKET3_HDRLEN + SLL_PKTTYPE] == PACKET_OUTGOING:
                         pos += nxt
                         continue
                     data = ring[pos + mac:pos + mac + snaplen]
-                    pos += nxt
                     if status & fixups:
-                        data = restore_frame(data, status, tci, tpid)
+                        data = restore_frame(data, status, *TPACKET3_VLAN.unpack_from(ring, pos + 32))
+                    pos += nxt
                     if snaplen < length or len(data) > maxf:
                         self.dropped_oversize += 1
                         now = time.monotonic()
@@ -513,13 +519,13 @@ class RingPort:
             if ring is None:  # closed
                 return
             off = self._tx_head * self._tx_frame
-            if TX_HDR.unpack_from(ring, off)[0] != TP_STATUS_AVAILABLE and not self._wait_slot(ring, off):
+            if ring[off + STATUS_LOW] & TX_BUSY and not self._wait_slot(ring, off):
                 self.tx_dropped += 1
                 return
             ring[off + TX_DATA:off + TX_DATA + n] = frame
             # tp_len before tp_status: the kernel takes the slot as soon as it sees SEND_REQUEST.
-            struct.pack_into("=I", ring, off + 4, n)
-            struct.pack_into("=I", ring, off, TP_STATUS_SEND_REQUEST)
+            TX_LEN.pack_into(ring, off + 4, n)
+            TX_LEN.pack_into(ring, off, TP_STATUS_SEND_REQUEST)
             self._tx_head = (self._tx_head + 1) % self._tx_nr
             self.tx_packets += 1
         if not self.batching.defer(self):
@@ -531,11 +537,11 @@ class RingPort:
         deadline = time.monotonic() + 0.05
         while True:
             self.flush()
-            status = TX_HDR.unpack_from(ring, off)[0]
-            if status == TP_STATUS_AVAILABLE:
+            status = ring[off + STATUS_LOW]
+            if not status & TX_BUSY:
                 return True
-            if status == TP_STATUS_WRONG_FORMAT:  # only without PACKET_LOSS; reclaim the slot
-                struct.pack_into("=I", ring, off, TP_STATUS_AVAILABLE)
+            if status & TX_BUSY == TP_STATUS_WRONG_FORMAT:  # only without PACKET_LOSS; reclaim the slot
+                TX_LEN.pack_into(ring, off, TP_STATUS_AVAILABLE)
                 return True
             if time.monotonic() > deadline:
                 log.warning("port %d (%s): transmit ring full; frame dropped", self.number, self.iface)
