@@ -291,6 +291,7 @@ TX_LEN = struct.Struct("=I")  # tp_len, at offset 4 of struct tpacket2_hdr
 STATUS_LOW = 0 if sys.byteorder == "little" else 3
 TX_BUSY = 0x7  # TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING | TP_STATUS_WRONG_FORMAT
 
+FLUSH_EVERY_MASK = 63  # transmit at least every 64 frames received
 PacketIO = Literal["ring", "plain"]
 
 
@@ -478,7 +479,12 @@ class RingPort:
             pos = base + first
             batching.begin()
             try:
-                for _ in range(num):
+                for i in range(num):
+                    if i & FLUSH_EVERY_MASK == FLUSH_EVERY_MASK:
+                        # A full block is ~1000 frames: push out what is queued every 64 of them, so the first
+                        # frame of a block does not wait for the last one to be processed.
+                        batching.end()
+                        batching.begin()
                     nxt, snaplen, length, status, mac = unpack_hdr(ring, pos)
                     if filter_outgoing and ring[pos + TPACKET3_HDRLEN + SLL_PKTTYPE] == PACKET_OUTGOING:
                         pos += nxt
