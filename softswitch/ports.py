@@ -515,10 +515,14 @@ class RingPort:
 
     def send(self, frame: bytes) -> None:
         n = len(frame)
-        if n > self._max_frame or n < 14:
+        # What the kernel's tpacket_snd accepts: the MTU plus the Ethernet header, four more bytes for an 802.1Q
+        # tagged frame (packet_extra_vlan_len_allowed). Checked here so that a refused frame is logged, as the
+        # plain socket's EMSGSIZE is, instead of skipped silently by PACKET_LOSS.
+        limit = self._max_frame - 8 + (4 if frame[12:14] == b"\x81\x00" else 0)
+        if n > limit or n < 14:
             self.tx_dropped += 1
             log.warning("port %d (%s): a %d-byte frame cannot be sent (the interface takes 14..%d bytes); dropped",
-                        self.number, self.iface, n, self._max_frame)
+                        self.number, self.iface, n, limit)
             return
         with self._tx_lock:
             ring = self._tx_ring

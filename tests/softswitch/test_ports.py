@@ -270,3 +270,27 @@ def test_refused_ring_falls_back_to_a_plain_socket(veth: tuple[str, str], caplog
             assert _collect(got, 1) == [_seq_frame(5)]
     finally:
         port.close()
+
+
+@pytest.mark.root
+def test_ring_send_refuses_a_frame_over_the_mtu_and_goes_on(veth: tuple[str, str],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The transmit side takes what the interface takes: MTU + header, 4 bytes more with an 802.1Q tag. A
+    larger frame is refused with a warning and counted; the ring keeps sending the frames after it."""
+    host, sw = veth
+    got: queue.Queue[tuple[int, bytes]] = queue.Queue()
+    sink = RingPort(8, host, lambda n, f: got.put((n, f))).open()  # restores the tag the kernel strips
+    sink.start()
+    port = RingPort(3, sw, lambda n, f: None).open()
+    try:
+        too_big = _seq_frame(1, 1515)
+        tagged = _frame(b"seq" + (2).to_bytes(4, "big") + b"." * (1518 - 18 - 7), vlan=7)
+        assert len(tagged) == 1518
+        for f in (too_big, tagged, _seq_frame(3)):
+            port.send(f)
+        assert _collect(got, 2) == [tagged, _seq_frame(3)]
+        assert port.tx_dropped == 1 and port.tx_packets == 2
+        assert "a 1515-byte frame cannot be sent" in caplog.text
+    finally:
+        port.close()
+        sink.close()
