@@ -473,7 +473,9 @@ class RingPort:
         while not self._stop.is_set():
             base = block * bsize
             if not ring[base + BLOCK_STATUS + STATUS_LOW] & TP_STATUS_USER:
-                poller.poll(200)  # EINTR is retried by Python (PEP 475)
+                for _fd, events in poller.poll(200):  # EINTR is retried by Python (PEP 475)
+                    if events & select.POLLERR:
+                        self._socket_error(rx)
                 continue
             num, first = BLOCK_PKTS.unpack_from(ring, base + 12)
             pos = base + first
@@ -512,6 +514,15 @@ class RingPort:
                 struct.pack_into("=I", ring, base + BLOCK_STATUS, TP_STATUS_KERNEL)
                 batching.end()
             block = (block + 1) % nblocks
+
+    def _socket_error(self, rx: socket.socket) -> None:
+        """Read (and so clear) a pending socket error, or poll() would report it again at once. The kernel sets
+        ENETDOWN when the interface goes down and reattaches the socket when it comes back up, so the port
+        waits for that rather than stopping."""
+        err = rx.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            log.warning("port %d (%s): %s; frames flow again when the interface is back up", self.number,
+                        self.iface, os.strerror(err))
 
     def send(self, frame: bytes) -> None:
         n = len(frame)
