@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from softswitch.p4runtime.schema import P4RuntimeError
-from softswitch.ports import PortError, RawPort, parse_port_spec
+from softswitch.ports import Port, PortError, TxBatching, open_port, parse_port_spec
 from softswitch.server import DEFAULT_MAX_STREAMS, TRACE, ServerStartError, SoftSwitch, TlsOptions, serve
 
 log = logging.getLogger("softswitch")
@@ -81,6 +81,9 @@ def target_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-max-streams", type=int, default=DEFAULT_MAX_STREAMS, metavar="N",
                    help=f"refuse StreamChannels beyond N open ones with RESOURCE_EXHAUSTED (default "
                         f"{DEFAULT_MAX_STREAMS}); idle streams cost no thread, so they never slow down Write/Read")
+    p.add_argument("--packet-io", choices=("ring", "plain"), default="ring",
+                   help="how ports read and write frames: mmap'ed TPACKET rings, batched (default; falls back to "
+                        "plain with a log line if the kernel refuses a ring), or one system call per frame")
     p.add_argument("--strict-bytestrings", action="store_true",
                    help="refuse zero-padded (non-canonical) byte strings with INVALID_ARGUMENT; the spec and BMv2 "
                         "accept them (use it to check that a controller sends canonical bytes)")
@@ -209,15 +212,16 @@ def run(argv: list[str]) -> int:
             raise UsageError(f"{args.program}: {exc.message}") from None
         log.info("program %s loaded", args.program)
 
-    raw_ports: list[RawPort] = []
+    raw_ports: list[Port] = []
     server = None
     stop = threading.Event()
+    batching = TxBatching()  # shared: a frame received on one port and sent on another joins that port's batch
     try:
         for number, iface in ports:
-            port = RawPort(number, iface, switch.receive).open()
+            port = open_port(number, iface, switch.receive, io=t.packet_io, batching=batching)
             raw_ports.append(port)
             switch.add_port(number, port)
-            log.info("port %d: %s", number, iface)
+            log.info("port %d: %s (%s packet I/O)", number, iface, port.io)
         server = serve(switch, t.grpc_server_addr, tls, max_streams=t.grpc_max_streams)
         for port in raw_ports:
             port.start()
