@@ -150,8 +150,7 @@ class Offloader:
             log.warning("reading the pipeline's VLAN ports failed (%s); assuming none", exc)
             vlans = {}
         self.caps = dataclasses.replace(self.caps, port_vlans=vlans)
-        self.fast.pipeline_vlans = dict(vlans)
-        self.slowpath.port_vlans = dict(vlans)
+        self._learned_vlans(vlans)
         self.engine = OffloadEngine(self.ft, P4RuntimeWriter(self.client), self.caps,
                                     P4RuntimeReader(self.client, self.caps))
         self.reconcile(startup=True)
@@ -159,6 +158,11 @@ class Offloader:
         log.info("flowtable: hardware offload %s, tcp/udp timeout %g/%g s, %d policy rules",
                  "on" if self.ft.hw_enabled else "off", self.policy.tcp_timeout_s, self.policy.udp_timeout_s,
                  len(self.policy.rules))
+
+    def _learned_vlans(self, vlans: dict[int, int]) -> None:
+        """The paths that tag and untag frames themselves learn which ports the pipeline tags."""
+        self.fast.pipeline_vlans = dict(vlans)
+        self.slowpath.port_vlans = dict(vlans)
 
     def stop(self, *, flush: bool = True) -> None:
         """Stop the worker; with ``flush`` delete every entry we put on the switch (a clean shutdown)."""

@@ -157,6 +157,11 @@ class KernelOffloader(Offloader):
         for c in conns:
             self._offer_kconn(c)
 
+    def _learned_vlans(self, vlans: dict[int, int]) -> None:
+        # no Python slow path to tell: the kernel's TAP frames are untagged and the pipeline tags a VLAN
+        # port's packet-outs itself
+        self.fast.pipeline_vlans = dict(vlans)
+
     # ------------------------------------------------------------------------------ kernel state
 
     def _resync(self, entries: list[KCt]) -> None:
