@@ -3,8 +3,9 @@ connection, whichever path carries it, over its whole life (slow path, [OFFLOAD]
 slow path again).
 
 Hosts A (lan1, behind masquerade) and B (wan) capture every TCP packet of the connection they receive. The
-policy (configs/router.toml with its [flowtable] replaced) says: TCP to port 5002 is offloaded, marked cs3 and
-counted as "web". With the default profile the switch marks and counts once the flow is [HW_OFFLOAD]; with a
+policy (configs/router.toml with its [flowtable] replaced) says: TCP to port 5002 from lan1 to wan is offloaded,
+marked cs3 and counted as "web" (in both directions: the rule looks at the original direction, so the replies
+coming in on wan are marked too). With the default profile the switch marks and counts once the flow is [HW_OFFLOAD]; with a
 profile built without [features] dscp the switch cannot mark, so the flow stays on the software fast path
 (hw_unsupported, the statement shown as the reason) -- and still every packet is marked. Either way the named
 counter equals the packets the two hosts received. Runs on softswitch and BMv2, each with offloadgen's slow
@@ -47,6 +48,8 @@ close_timeout = 3
 action = "offload"
 proto = "tcp"
 dport = {PORT}
+iif = "lan1"
+oif = "wan"
 set = {{ dscp = "cs3" }}
 counter = "web"
 """
