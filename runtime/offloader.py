@@ -150,8 +150,7 @@ class Offloader:
             log.warning("reading the pipeline's VLAN ports failed (%s); assuming none", exc)
             vlans = {}
         self.caps = dataclasses.replace(self.caps, port_vlans=vlans)
-        self.fast.pipeline_vlans = dict(vlans)
-        self.slowpath.port_vlans = dict(vlans)
+        self._learned_vlans(vlans)
         self.engine = OffloadEngine(self.ft, P4RuntimeWriter(self.client), self.caps,
                                     P4RuntimeReader(self.client, self.caps))
         self.reconcile(startup=True)
@@ -159,6 +158,11 @@ class Offloader:
         log.info("flowtable: hardware offload %s, tcp/udp timeout %g/%g s, %d policy rules",
                  "on" if self.ft.hw_enabled else "off", self.policy.tcp_timeout_s, self.policy.udp_timeout_s,
                  len(self.policy.rules))
+
+    def _learned_vlans(self, vlans: dict[int, int]) -> None:
+        """The paths that tag and untag frames themselves learn which ports the pipeline tags."""
+        self.fast.pipeline_vlans = dict(vlans)
+        self.slowpath.port_vlans = dict(vlans)
 
     def stop(self, *, flush: bool = True) -> None:
         """Stop the worker; with ``flush`` delete every entry we put on the switch (a clean shutdown)."""
@@ -195,10 +199,14 @@ class Offloader:
     def _statements(self, conn: Conn, direction: Dir, in_port: int, out_port: int) -> tuple[Statement, ...]:
         """The policy's statements for a connection, asked by the slow path for each direction's list. The
         rules look at the original direction: a reply comes in where the original leaves."""
-        o = conn.tuples[Dir.ORIGINAL]
         iif, oif = (in_port, out_port) if direction is Dir.ORIGINAL else (out_port, in_port)
-        key = FlowKey(proto=o.proto, src=ipaddress.ip_address(o.src), dst=ipaddress.ip_address(o.dst),
-                      sport=o.sport, dport=o.dport, iif=iif, oif=oif)
+        return self.statements_for(conn.tuples[Dir.ORIGINAL], iif, oif)
+
+    def statements_for(self, orig: CtTuple, iif: int, oif: int) -> tuple[Statement, ...]:
+        """The policy's statements for a connection by its original tuple and the original direction's
+        ingress and egress ports (what every rule looks at, for both directions' lists)."""
+        key = FlowKey(proto=orig.proto, src=ipaddress.ip_address(orig.src), dst=ipaddress.ip_address(orig.dst),
+                      sport=orig.sport, dport=orig.dport, iif=iif, oif=oif)
         return self.policy.statements(key)
 
     def _offer(self, conn: Conn, direction: Dir) -> None:
@@ -394,9 +402,7 @@ class Offloader:
         ot = CtTuple(o.tuple.src, o.tuple.dst, o.tuple.proto, o.tuple.sport, o.tuple.dport)
         rt = CtTuple(r.tuple.src, r.tuple.dst, r.tuple.proto, r.tuple.sport, r.tuple.dport)
         acts = []
-        okey = FlowKey(proto=ot.proto, src=ipaddress.ip_address(ot.src), dst=ipaddress.ip_address(ot.dst),
-                       sport=ot.sport, dport=ot.dport, iif=o.tuple.in_port, oif=o.out_port)
-        stmts = self.policy.statements(okey)
+        stmts = self.statements_for(ot, o.tuple.in_port, o.out_port)
         for x, this, other in ((o, ot, rt), (r, rt, ot)):
             acts.append(route_actions(this, other, out_port=x.out_port, smac=x.smac, dmac=x.dmac,
                                       in_port=x.tuple.in_port, port_vlans=self.caps.port_vlans, statements=stmts))
@@ -448,7 +454,10 @@ class Offloader:
     def named_counters(self) -> dict[str, dict[str, int]]:
         """Each named counter: what the software paths counted plus what the switch counted at its index
         (``stmt_counter``, read now; it counts every hit, whether or not the entry is still there)."""
-        out = self.slowpath.counters.snapshot()
+        return self.add_switch_counters(self.slowpath.counters.snapshot())
+
+    def add_switch_counters(self, out: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        """``out`` (the other paths' counts per name) plus the switch's ``stmt_counter`` at each name's index."""
         index = self.caps.counter_index
         if index and self.engine is not None:  # not before the pipeline is on the switch
             try:

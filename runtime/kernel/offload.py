@@ -32,7 +32,6 @@ from ..actions import ActionList, format_actions, route_actions
 from ..client import SwitchClient
 from ..config import RouterConfig
 from ..conntrack import IPPROTO_TCP, IPPROTO_UDP, CtRecord, CtTuple, Dir, TcpState
-from ..errors import ConfigError
 from ..flowtable.core import Flow, FlowDirection, FlowTable, OfferResult
 from ..flowtable.fastpath import FastPath
 from ..flowtable.model import NS, FlowFlag, FlowTuple
@@ -43,6 +42,7 @@ from ..packet import PacketError, parse
 from ..pipeline import Pipeline
 from .ctnetlink import IPS_ASSURED, IPS_DST_NAT, IPS_SRC_NAT, KCt, KEvent
 from .netns import KernelError
+from .nft import check_statements, read_counters
 from .slowpath import KernelSlowPath
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ _FINAL = {OfferResult.POLICY, OfferResult.PROTO, OfferResult.INCONSISTENT}
 KERNEL_GRACE_S = 30
 #: How long a punted FIN/RST of an offloaded flow may wait for the flow's entries to leave the switch.
 FIN_HOLD_S = 0.25
+#: nft counts from the network header, the switch (and the software paths) whole frames
+ETH_HLEN = 14
 TCP_FIN = 0x01
 TCP_RST = 0x04
 
@@ -115,20 +117,15 @@ class KernelOffloader(Offloader):
         # Not Offloader.__init__: that one subscribes to the Python conntrack and slow path.
         self.config = config
         self.policy = load_policy(config)
-        with_statements = [i for i, r in enumerate(self.policy.rules, start=1) if r.statements]
-        if with_statements:
-            # The kernel forwards a connection's first and last packets; it would not apply them, so every
-            # path would not mark alike. Say so rather than offload half-marked connections.
-            raise ConfigError(
-                f"{config.source}: flowtable.rules[{with_statements[0]}]: statements (set/counter) are applied by "
-                "offloadgen's own slow path; with --slowpath kernel put them in the nftables ruleset "
-                "(--nft-ruleset) and leave them out of the flowtable policy, or use --slowpath offloadgen")
+        # the kernel applies the statements through the ruleset offloadgen generates (nft.statement_rules)
+        check_statements(config, self.policy, user_ruleset=kernel.options.nft_ruleset)
+        kernel.policy = self.policy
         self.kernel = kernel
         self.client = client
         self.emit = emit
         self.clock = clock
         self.ft = FlowTable(self.policy, clock)
-        self.caps: PipelineCaps = caps_from_p4info(pipeline.p4info.message)
+        self.caps: PipelineCaps = caps_from_p4info(pipeline.p4info.message).with_counter_names(self.policy.counter_names)
         self.fast = FastPath(self.ft)
         self.engine = None
         self.hw_packets = 0
@@ -159,6 +156,11 @@ class KernelOffloader(Offloader):
             conns = list(self.conns.values())
         for c in conns:
             self._offer_kconn(c)
+
+    def _learned_vlans(self, vlans: dict[int, int]) -> None:
+        # no Python slow path to tell: the kernel's TAP frames are untagged and the pipeline tags a VLAN
+        # port's packet-outs itself
+        self.fast.pipeline_vlans = dict(vlans)
 
     # ------------------------------------------------------------------------------ kernel state
 
@@ -247,10 +249,12 @@ class KernelOffloader(Offloader):
         out_r, dmac_r = back
         vlans = self.caps.port_vlans
         po, pr = self.config.ports[out_o], self.config.ports[out_r]
+        # the same statements the ruleset's statements chain applies to what the kernel forwards
+        stmts = self.statements_for(k.orig, out_r, out_o)
         acts_o = route_actions(k.orig, k.reply, out_port=out_o, smac=po.mac, dmac=dmac_o, in_port=out_r,
-                               port_vlans=vlans)
+                               port_vlans=vlans, statements=stmts)
         acts_r = route_actions(k.reply, k.orig, out_port=out_r, smac=pr.mac, dmac=dmac_r, in_port=out_o,
-                               port_vlans=vlans)
+                               port_vlans=vlans, statements=stmts)
         o, r = k.orig, k.reply
         return (FlowDirection(FlowTuple(out_r, o.src, o.dst, o.proto, o.sport, o.dport), acts_o, mtu=po.mtu),
                 FlowDirection(FlowTuple(out_o, r.src, r.dst, r.proto, r.sport, r.dport), acts_r, mtu=pr.mtu))
@@ -414,9 +418,10 @@ class KernelOffloader(Offloader):
             return None
         o, r, conn = found
         acts = []
+        stmts = self.statements_for(conn.ct.orig, o.tuple.in_port, o.out_port)
         for x, this, other in ((o, conn.ct.orig, conn.ct.reply), (r, conn.ct.reply, conn.ct.orig)):
             acts.append(route_actions(this, other, out_port=x.out_port, smac=x.smac, dmac=x.dmac,
-                                      in_port=x.tuple.in_port, port_vlans=self.caps.port_vlans))
+                                      in_port=x.tuple.in_port, port_vlans=self.caps.port_vlans, statements=stmts))
         dirs = []
         for x, a in ((o, acts[0]), (r, acts[1])):
             port = self.config.ports.get(x.out_port)
@@ -476,8 +481,20 @@ class KernelOffloader(Offloader):
         return out
 
     def named_counters(self) -> dict[str, dict[str, int]]:
-        """None: policy statements are refused with the kernel slow path (see __init__)."""
-        return {}
+        """Each named counter: the kernel's nft counter (what it forwarded) plus the switch's
+        ``stmt_counter`` at its index (what the switch forwarded). nft counts the IP packet, the switch the
+        frame: the kernel's bytes get the Ethernet header added so both count alike."""
+        out = {n: {"packets": 0, "bytes": 0} for n in self.policy.counter_names}
+        if out and self.kernel.options.nft_ruleset is None:
+            try:
+                kc = read_counters(self.kernel.ns)
+            except KernelError as exc:
+                log.warning("reading the named counters from the kernel failed: %s", exc)
+                kc = {}
+            for name, (packets, nbytes) in kc.items():
+                if name in out:
+                    out[name] = {"packets": packets, "bytes": nbytes + ETH_HLEN * packets}
+        return self.add_switch_counters(out)
 
     def conntrack_stats(self) -> dict[str, int]:
         with self._lock:

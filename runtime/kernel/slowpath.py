@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import RouterConfig
+from ..flowtable.policy import FlowtableConfig
 from .ctnetlink import CtNetlink, KCt, KEvent
 from .netns import KernelError, NetNs
 from .nft import load_ruleset
@@ -59,6 +60,8 @@ class KernelSlowPath:
         self.ct: CtNetlink | None = None
         self.rtnl: Rtnl | None = None
         self.ruleset = ""
+        #: the [flowtable] policy whose statements the generated ruleset applies (set by the kernel offloader)
+        self.policy: FlowtableConfig | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -71,7 +74,7 @@ class KernelSlowPath:
             log.info("kernel slow path: using the existing namespace %s", self.ns.name)
         try:
             self.taps = TapSet(self.ns, self.config, self._from_kernel).open()
-            self.ruleset = load_ruleset(self.ns, self.config, self.options.nft_ruleset)
+            self.ruleset = load_ruleset(self.ns, self.config, self.options.nft_ruleset, self.policy)
             with contextlib.suppress(KernelError, OSError):
                 self.ns.sysctl("net.netfilter.nf_conntrack_acct", 1)  # byte counts for conntrack -L
             self.ct = CtNetlink(self.ns.name)

@@ -2,7 +2,7 @@
 
 The same two hosts -- A (10.0.1.10, 2001:db8:1::10) on the LAN, B (192.0.2.20, 2001:db8:2::20) on the WAN --
 and the same probes, once through a plain Linux router (a namespace with the hosts' veths as `lan1` and
-`wan`, the config's addresses and the nftables ruleset made from its [nat]), once through a switch driven by
+`wan`, the config's addresses and the nftables ruleset made from its [nat] and [flowtable] statements), once through a switch driven by
 `offloadgen run --slowpath kernel` (the hosts on switch ports, the kernel behind TAPs, flows offloaded to the
 switch). Every answer must be the same: pings both families, what B sees of A (the masquerade address),
 TTL on arrival at B (also for datagrams the switch forwards alone), ICMP time exceeded, fragmentation needed
@@ -31,6 +31,7 @@ from runtime.kernel.ctnetlink import CtNetlink, KEvent
 from runtime.kernel.netns import NetNs
 from runtime.kernel.nft import load_ruleset
 from runtime.kernel.slowpath import KernelOptions
+from runtime.offloader import load_policy
 from runtime.pipeline import load_build
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -198,7 +199,7 @@ def _configure_router(ns: NetNs, a: Host, b: Host, config: RouterConfig) -> None
     for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
         ns.sysctl(key, 1)
     ns.ip("link", "set", "lo", "up")
-    load_ruleset(ns, config)
+    load_ruleset(ns, config, policy=load_policy(config))  # the same ruleset, statements included
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import load_config, parse_config
+from runtime.config import RouterConfig, load_config, parse_config
+from runtime.errors import ConfigError
 from runtime.kernel.netns import KernelError, NetNs
-from runtime.kernel.nft import render_ruleset
+from runtime.kernel.nft import check_statements, load_ruleset, read_counters, render_ruleset
 from runtime.kernel.slowpath import KernelOptions, KernelSlowPath
+from runtime.offloader import load_policy
 
 pytestmark = [pytest.mark.root]
 
@@ -96,7 +98,19 @@ def test_cli_reports_kernel_errors_and_misplaced_options(router_config_path: Pat
            str(build_dir), "--status-socket", str(tmp_path / "s.sock"), "--switch", "127.0.0.1:1"]
     out = subprocess.run([*run, "--nft-ruleset", str(bad)], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 2 and "--nft-ruleset belongs to the kernel slow path" in out.stderr, out.stderr
-    # the kernel side comes up before the switch is contacted: its error is the one reported
+    # the shipped config's policy marks and counts TCP to 5002: offloadgen cannot put that into a user's ruleset
+    out = subprocess.run([*run, "--slowpath", "kernel", "--netns", netns_name, "--nft-ruleset", str(bad)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2, out.stderr
+    assert (f"router.toml: flowtable.rules[1]: the statements (dscp=cs3 counter=bulk) cannot be applied with "
+            f"--nft-ruleset {bad}: offloadgen does not rewrite your ruleset") in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    # without statements in the policy, the kernel side comes up before the switch is contacted: its error
+    # is the one reported
+    plain = tmp_path / "router.toml"
+    plain.write_text(router_config_path.read_text().replace('set = { dscp = "cs3" }\n', "")
+                     .replace('counter = "bulk"\n', ""))
+    run[run.index(str(router_config_path))] = str(plain)
     out = subprocess.run([*run, "--slowpath", "kernel", "--netns", netns_name, "--nft-ruleset", str(bad)],
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 2, out.stderr
@@ -148,3 +162,80 @@ def test_no_switch_leaves_no_namespace_behind(router_config_path: Path, build_di
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode != 0
     assert not netns_exists(default_netns(addr, 1)), "the router namespace was left behind"
+
+
+STMT_POLICY = """
+[flowtable]
+[[flowtable.rules]]
+action = "skip"
+proto = "tcp"
+dport = 5001
+
+[[flowtable.rules]]
+action = "offload"
+proto = "tcp"
+src = ["10.0.0.0/8", "2001:db8:1::/48"]
+dport = [5002, "6000-6010"]
+iif = "lan1"
+oif = "wan"
+set = { dscp = "cs3" }
+counter = "web"
+
+[[flowtable.rules]]
+action = "skip"
+dst = "2001:db8:2::/48"
+set = { dscp = 46 }
+
+[[flowtable.rules]]
+action = "offload"
+proto = "udp"
+"""
+
+
+def stmt_config(router_config_path: Path, policy: str = STMT_POLICY) -> RouterConfig:
+    text = router_config_path.read_text()
+    return parse_config(text[:text.index("\n[flowtable]")] + "\n" + policy, "router.toml")
+
+
+def test_policy_statements_become_a_statements_chain(router_config_path: Path, netns_name: str) -> None:
+    """Every policy rule up to the last with statements, in order, each ending in return (the first match
+    decides, also a rule without statements); matched on the conntrack entry's original tuple, with iif/oif
+    mirrored for the reply direction; one protocol per rule so that nft types the port match."""
+    cfg = stmt_config(router_config_path)
+    policy = load_policy(cfg)
+    text = render_ruleset(cfg, policy)
+    chain = text[text.index("\tchain statements {"):]
+    rules = [line.strip() for line in chain[:chain.index("\t}")].splitlines()[1:]]
+    mark = 'ip dscp set cs3 counter name "web" return'
+    mark6 = 'ip6 dscp set cs3 counter name "web" return'
+    assert rules == [
+        "meta nfproto ipv4 meta l4proto tcp ct original proto-dst 5001 return",
+        "meta nfproto ipv6 meta l4proto tcp ct original proto-dst 5001 return",
+        *(f'meta nfproto ipv4 meta l4proto tcp ct direction {d} iifname "{i}" oifname "{o}" '
+          f"ct original ip saddr 10.0.0.0/8 ct original proto-dst {p} {mark}"
+          for d, i, o in (("original", "lan1", "wan"), ("reply", "wan", "lan1")) for p in ("5002", "6000-6010")),
+        *(f'meta nfproto ipv6 meta l4proto tcp ct direction {d} iifname "{i}" oifname "{o}" '
+          f"ct original ip6 saddr 2001:db8:1::/48 ct original proto-dst {p} {mark6}"
+          for d, i, o in (("original", "lan1", "wan"), ("reply", "wan", "lan1")) for p in ("5002", "6000-6010")),
+        "meta nfproto ipv6 ct original ip6 daddr 2001:db8:2::/48 ip6 dscp set ef return",
+    ], rules  # the last rule has no statements and comes after the last that has: not in the chain
+    assert "\tcounter web { }\n" in text and "\t\tjump statements\n" in text
+    # and the kernel takes it
+    ns = NetNs(netns_name)
+    ns.ensure()
+    load_ruleset(ns, cfg, None, policy)
+    listed = ns.run(["nft", "list", "table", "inet", "offloadgen"]).stdout
+    assert "counter web {" in listed and 'ct original proto-dst 6000-6010 ip dscp set cs3 counter name "web"' in listed
+    assert read_counters(ns) == {"web": (0, 0)}
+
+
+def test_kernel_refuses_statements_it_cannot_apply(router_config_path: Path) -> None:
+    cfg = stmt_config(router_config_path)
+    with pytest.raises(ConfigError, match=r"router.toml: flowtable.rules\[1\]: the statements \(dscp=cs3 counter=web\) "
+                       r"cannot be applied with --nft-ruleset my.nft: .* remove set/counter from the rule"):
+        check_statements(cfg, load_policy(cfg), user_ruleset="my.nft")
+    check_statements(cfg, load_policy(cfg), user_ruleset=None)
+    retag = stmt_config(router_config_path, '[flowtable]\n[[flowtable.rules]]\naction = "offload"\nset = { vlan = 200 }\n')
+    with pytest.raises(ConfigError, match=r"router.toml: flowtable.rules\[0\]: set.vlan \(VLAN retag\) is not available "
+                       r"with --slowpath kernel"):
+        check_statements(retag, load_policy(retag), user_ruleset=None)

@@ -3,16 +3,21 @@ connection, whichever path carries it, over its whole life (slow path, [OFFLOAD]
 slow path again).
 
 Hosts A (lan1, behind masquerade) and B (wan) capture every TCP packet of the connection they receive. The
-policy (configs/router.toml with its [flowtable] replaced) says: TCP to port 5002 is offloaded, marked cs3 and
-counted as "web". With the default profile the switch marks and counts once the flow is [HW_OFFLOAD]; with a
+policy (configs/router.toml with its [flowtable] replaced) says: TCP to port 5002 from lan1 to wan is offloaded,
+marked cs3 and counted as "web" (in both directions: the rule looks at the original direction, so the replies
+coming in on wan are marked too). With the default profile the switch marks and counts once the flow is [HW_OFFLOAD]; with a
 profile built without [features] dscp the switch cannot mark, so the flow stays on the software fast path
 (hw_unsupported, the statement shown as the reason) -- and still every packet is marked. Either way the named
-counter equals the packets the two hosts received. Runs on softswitch and BMv2.
+counter equals the packets the two hosts received. Runs on softswitch and BMv2, each with offloadgen's slow
+path and with the Linux kernel's (`--slowpath kernel`: the generated nftables ruleset marks and counts what
+the kernel forwards; the kernel has no software fast path, so with the no-dscp profile it carries the whole
+connection and marks every packet itself).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import subprocess
@@ -22,14 +27,13 @@ from pathlib import Path
 
 import pytest
 from hostapps import CAPTURE, TCP_CLIENT, TCP_SERVER, finish_capture, start_server, stop, wait_for
-from test_flowtable_integration import Lab, offloadgen, run_lab
+from test_flowtable_integration import LABS, Lab, offloadgen, run_lab
 
 from offloadgen.build import build
 from offloadgen.profile import load_profile, shipped_profile
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-KINDS = ["softswitch", pytest.param("bmv2", marks=pytest.mark.bmv2)]
 B_ADDR = "192.0.2.20"
 WAN_ADDR = "192.0.2.1"
 CS3 = 24
@@ -44,6 +48,8 @@ close_timeout = 3
 action = "offload"
 proto = "tcp"
 dport = {PORT}
+iif = "lan1"
+oif = "wan"
 set = {{ dscp = "cs3" }}
 counter = "web"
 """
@@ -66,12 +72,13 @@ def variant_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     return request.param, out
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=LABS)
 def slab(request: pytest.FixtureRequest, variant_build: tuple[str, Path], router_config_path: Path,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Lab]]:
     variant, build_dir = variant_build
-    tmp = tmp_path_factory.mktemp(f"stmt-{variant}-{request.param}")
-    with run_lab(request.param, build_dir, make_config(router_config_path, tmp), tmp) as lab:
+    kind, slowpath = request.param
+    tmp = tmp_path_factory.mktemp(f"stmt-{variant}-{kind}-{slowpath}")
+    with run_lab(kind, build_dir, make_config(router_config_path, tmp), tmp, slowpath) as lab:
         yield variant, lab
 
 
@@ -135,9 +142,23 @@ def test_every_packet_marked_and_counted_over_the_whole_life(slab: tuple[str, La
     ctl = stats["controller"]
     if variant == "dscp":
         assert ctl["hw_packets"] > 1000, "the switch carried (and marked) most of it"
+    elif lab.slowpath == "kernel":
+        assert ctl["to_kernel"] > 1000, "the kernel carried (and marked) all of it"
+        assert stats["flowtable"]["counters"]["hw_unsupported"] >= 1
     else:
         assert ctl["fastpath_packets"] > 1000, "the software fast path carried (and marked) most of it"
         assert stats["flowtable"]["counters"]["hw_unsupported"] >= 1
+    if lab.slowpath == "kernel":
+        # the kernel's share is its own nft counter, in the router namespace
+        from runtime.kernel.slowpath import default_netns
+
+        ns = default_netns(lab.switch.grpc_addr, 1)
+        listed = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "counter", "inet", "offloadgen", "web"],
+                                capture_output=True, text=True, check=True).stdout
+        kernel_packets = json.loads(listed)["nftables"][1]["counter"]["packets"]
+        assert 0 < kernel_packets <= web["packets"], (kernel_packets, web)
+        if variant == "no-dscp":
+            assert kernel_packets == web["packets"], "no switch counter: all of it is the kernel's"
     text = offloadgen("stats", "--status-socket", str(lab.ctl.sock)).stdout
     assert re.search(rf"counter web\s+packets\s+{web['packets']} ", text), text
 
