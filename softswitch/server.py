@@ -44,11 +44,19 @@ from softswitch.dataplane import (
     EntryNotFound,
     FieldMatch,
     InvalidEntry,
-    TableEntry,
     TableFull,
 )
 from softswitch.frontend import P4FrontendError, load_program
-from softswitch.p4runtime.codec import Codec, EntryKey, entry_key
+from softswitch.p4runtime.codec import (
+    ENTITY_TABLE_ENTRY,
+    READ_RESPONSE_ENTITY,
+    Codec,
+    EntryKey,
+    counter_data_field,
+    entry_key,
+    ld,
+    since_last_hit_field,
+)
 from softswitch.p4runtime.schema import (
     P4RuntimeError,
     Schema,
@@ -99,6 +107,7 @@ class EntryMeta:
     added_ns: int  # time.monotonic_ns of the INSERT (time_since_last_hit of a never-hit entry counts from it)
     timer_ns: int  # start of the current idle period: INSERT, MODIFY or the last notification
     gen: int = 0  # bumped on MODIFY so that stale idle-heap items are skipped
+    encoded: bytes = b""  # the entry as a read returns it, without counters (Codec.encode_entry), once made
 
 
 @dataclass
@@ -402,16 +411,12 @@ class SoftSwitch:
         e = p.codec.entry(te, table)
         key = entry_key(table.id, e.match, e.priority)
         if op == Update.INSERT:
-            self._dp_call(table, lambda: dp.insert(e))
+            self._dp_call(table, lambda: dp.insert(e, adopt=True))
             meta = EntryMeta(e.match, te.controller_metadata, te.metadata, te.idle_timeout_ns, now, now)
             p.meta[key] = meta
         else:
-            old = dp.get(table.id, e.match, e.priority)
-            if old is None:
-                raise P4RuntimeError(code_pb2.NOT_FOUND, f"{table.name}: cannot find match entry")
-            if not te.HasField("counter_data"):
-                e.packets, e.bytes = old.packets, old.bytes
-            e.last_hit_ns = old.last_hit_ns
+            # dp.modify keeps the entry object, so its counters and last hit stay unless counter_data is set;
+            # the codec has validated the action, so the only refusal left is NOT_FOUND.
             self._dp_call(table, lambda: dp.modify(e))
             if te.HasField("counter_data"):
                 self._dp_call(table, lambda: dp.direct_counter_write(table.id, e.match, e.priority, e.packets, e.bytes))
@@ -453,24 +458,37 @@ class SoftSwitch:
 
     # ---- Read ---------------------------------------------------------------------------------------------
     def read(self, request: p4runtime_pb2.ReadRequest) -> Iterator[p4runtime_pb2.ReadResponse]:
+        """The ReadResponses of a request (see read_bytes, which the gRPC service sends as they are)."""
+        for chunk in self.read_bytes(request):
+            yield p4runtime_pb2.ReadResponse.FromString(chunk)
+
+    def read_bytes(self, request: p4runtime_pb2.ReadRequest) -> list[bytes]:
+        """The serialized ReadResponses of a request, READ_CHUNK entities each.
+
+        Built as bytes: each table entry's encoding is kept from the first read (EntryMeta.encoded) and a read
+        appends only the counter field, so a whole-table read is mostly a concatenation instead of a protobuf
+        object per entry, match field and parameter.
+        """
         p = self.check_reader(request.device_id)
-        entities: list[p4runtime_pb2.Entity] = []
+        entities: list[bytes] = []  # serialized Entity messages
         for entity in request.entities:
             kind = entity.WhichOneof("entity")
             if kind == "table_entry":
                 entities += self._read_tables(p, entity.table_entry)
             elif kind == "counter_entry":
-                entities += self._read_counters(p, entity.counter_entry)
+                entities += (e.SerializeToString() for e in self._read_counters(p, entity.counter_entry))
             elif kind == "direct_counter_entry":
-                entities += self._read_direct_counters(p, entity.direct_counter_entry)
+                entities += (e.SerializeToString()
+                             for e in self._read_direct_counters(p, entity.direct_counter_entry))
             elif kind is None:
                 raise invalid("read of an entity that is not set")
             else:
                 raise P4RuntimeError(code_pb2.UNIMPLEMENTED, f"{kind} reads are not supported by softswitch")
-        for i in range(0, max(len(entities), 1), READ_CHUNK):
-            yield p4runtime_pb2.ReadResponse(entities=entities[i:i + READ_CHUNK])
+        return [b"".join([ld(READ_RESPONSE_ENTITY, x) for x in entities[i:i + READ_CHUNK]])
+                for i in range(0, max(len(entities), 1), READ_CHUNK)]
 
-    def _read_tables(self, p: Pipeline, req: p4runtime_pb2.TableEntry) -> list[p4runtime_pb2.Entity]:
+    def _read_tables(self, p: Pipeline, req: p4runtime_pb2.TableEntry) -> list[bytes]:
+        """Serialized Entity messages of the table entries `req` selects."""
         want_counters = req.HasField("counter_data")
         want_hit = req.HasField("time_since_last_hit")
         if req.table_id:
@@ -482,7 +500,8 @@ class SoftSwitch:
                 raise invalid("a match needs a table id")
             tables = list(p.schema.tables.values())
         action_filter = req.action.action.action_id if req.HasField("action") else 0
-        out: list[p4runtime_pb2.Entity] = []
+        out: list[bytes] = []
+        codec = p.codec
         for table in tables:
             if req.is_default_action:
                 if want_hit:
@@ -495,44 +514,51 @@ class SoftSwitch:
                     continue
                 te = p4runtime_pb2.TableEntry(table_id=table.id, is_default_action=True,
                                               controller_metadata=cookies[0], metadata=cookies[1])
-                te.action.CopyFrom(p.codec.action_to_proto(action_id, params))
-                out.append(p4runtime_pb2.Entity(table_entry=te))
+                te.action.CopyFrom(codec.action_to_proto(action_id, params))
+                out.append(ld(ENTITY_TABLE_ENTRY, te.SerializeToString()))
                 continue
+            counters = want_counters and bool(table.direct_counter_id)
+            hit = want_hit and table.supports_idle_timeout
+            filtered = bool(action_filter or req.priority or req.controller_metadata or req.metadata)
             with self._lock:
+                # Under the switch lock: no write changes an entry or its meta while it is encoded.
                 now = time.monotonic_ns()
                 if req.match:
-                    match, priority = p.codec.match(req, table)
+                    match, priority = codec.match(req, table)
                     one = p.dataplane.get(table.id, match, priority)
                     entries = [one] if one is not None else []
+                    const = table.is_const
                 elif table.is_const:
-                    entries = list(p.dataplane.const_entries(table.id))
+                    entries = p.dataplane.const_entries(table.id)
+                    const = True
                 else:
-                    entries = p.dataplane.entries(table.id)
-                rows: list[tuple[TableEntry, tuple[int, bytes, int, int] | None]] = []
+                    entries = p.dataplane.live_entries(table.id)
+                    const = False
+                meta = p.meta
                 for e in entries:
-                    em = p.meta.get(entry_key(table.id, e.match, e.priority))
-                    rows.append((e, (em.controller_metadata, em.metadata, em.idle_timeout_ns, em.added_ns) if em else None))
-            for e, m in rows:
-                if action_filter and e.action_id != action_filter:
-                    continue
-                if req.priority and e.priority != req.priority:
-                    continue
-                if req.controller_metadata and (m is None or m[0] != req.controller_metadata):
-                    continue
-                if req.metadata and (m is None or m[1] != req.metadata):
-                    continue
-                te = p.codec.entry_to_proto(table, e)
-                if m is not None:
-                    te.controller_metadata, te.metadata, te.idle_timeout_ns = m[0], m[1], m[2]
-                elif table.is_const:
-                    te.is_const = True
-                if want_counters and table.direct_counter_id:
-                    te.counter_data.packet_count = e.packets
-                    te.counter_data.byte_count = e.bytes
-                if want_hit and table.supports_idle_timeout:
-                    since = e.last_hit_ns or (m[3] if m else now)
-                    te.time_since_last_hit.elapsed_ns = max(0, now - since)
-                out.append(p4runtime_pb2.Entity(table_entry=te))
+                    em = meta.get(entry_key(table.id, e.match, e.priority))
+                    if filtered:
+                        if action_filter and e.action_id != action_filter:
+                            continue
+                        if req.priority and e.priority != req.priority:
+                            continue
+                        if req.controller_metadata and (em is None or em.controller_metadata != req.controller_metadata):
+                            continue
+                        if req.metadata and (em is None or em.metadata != req.metadata):
+                            continue
+                    if em is None:
+                        data = codec.encode_entry(table, e, is_const=const)
+                    else:
+                        data = em.encoded
+                        if not data:
+                            data = em.encoded = codec.encode_entry(table, e, em.controller_metadata, em.metadata,
+                                                                   em.idle_timeout_ns)
+                    if counters:
+                        data += counter_data_field(e.packets, e.bytes)
+                    if hit:
+                        since = e.last_hit_ns or (em.added_ns if em else now)
+                        data += since_last_hit_field(max(0, now - since))
+                    out.append(ld(ENTITY_TABLE_ENTRY, data))
         return out
 
     def _read_counters(self, p: Pipeline, req: p4runtime_pb2.CounterEntry) -> list[p4runtime_pb2.Entity]:
@@ -790,10 +816,10 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
         return p4runtime_pb2.WriteResponse()
 
     async def Read(self, request: p4runtime_pb2.ReadRequest,
-                   context: grpc.aio.ServicerContext) -> AsyncIterator[p4runtime_pb2.ReadResponse]:
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         try:
             _check_decoded(request)
-            responses = await self._run(lambda: list(self.sw.read(request)))
+            responses = await self._run(partial(self.sw.read_bytes, request))
         except P4RuntimeError as exc:
             log.info("Read refused: %s", exc)
             await self._abort(context, exc)
@@ -949,8 +975,9 @@ def _handlers(service: P4RuntimeService) -> grpc.GenericRpcHandler:
 
     return grpc.method_handlers_generic_handler("p4.v1.P4Runtime", {
         "Write": unary(service.Write, pb.WriteRequest, pb.WriteResponse),
+        # Read yields ReadResponses already serialized (SoftSwitch.read_bytes)
         "Read": grpc.unary_stream_rpc_method_handler(service.Read, request_deserializer=_decoder(pb.ReadRequest),
-                                                     response_serializer=pb.ReadResponse.SerializeToString),
+                                                     response_serializer=bytes),
         "SetForwardingPipelineConfig": unary(service.SetForwardingPipelineConfig,
                                              pb.SetForwardingPipelineConfigRequest,
                                              pb.SetForwardingPipelineConfigResponse),
