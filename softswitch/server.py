@@ -80,6 +80,7 @@ GRPC_CODES: dict[int, grpc.StatusCode] = {sc.value[0]: sc for sc in grpc.StatusC
 READ_CHUNK = 1000  # entities per ReadResponse: a full 64k-entry table must not exceed a client's 4 MB message limit
 PACKET_IN_QUEUE = 4096  # packet-ins waiting for a slow client before they are dropped
 DETAILS_BUDGET = 8 << 10  # bytes of per-update statuses in one trailer: gRPC clients' default soft metadata limit
+INLINE_UPDATES = 16  # Writes with at most this many updates run on the event loop when the switch is idle
 DEFAULT_WORKERS = 16  # threads for calls into the switch; they serialise on its lock, so more would only wait
 DEFAULT_MAX_STREAMS = 4096  # open StreamChannels (arbitrated or not) before new ones are refused
 DEVICE_CONFIG_HINT = "send the P4 source (flowtable.p4 from `offloadgen build`) as p4_device_config"
@@ -319,6 +320,15 @@ class SoftSwitch:
             raise P4RuntimeError(code_pb2.NOT_FOUND, f"unknown device id {device_id}; this switch is device "
                                  f"{self.device_id} (--device-id)")
 
+    def call_if_free(self, fn: Callable[[], Any]) -> tuple[bool, Any]:
+        """(True, fn()) with the switch lock taken, if it is free at once; (False, None) without calling fn."""
+        if not self._lock.acquire(blocking=False):
+            return False, None
+        try:
+            return True, fn()
+        finally:
+            self._lock.release()
+
     # ---- Write --------------------------------------------------------------------------------------------
     def write(self, request: p4runtime_pb2.WriteRequest) -> list[p4runtime_pb2.Error] | None:
         """Apply a batch update by update; per-update errors (None when every update succeeded)."""
@@ -408,11 +418,12 @@ class SoftSwitch:
             self._dp_call(table, lambda: dp.delete(table.id, match, priority))
             p.meta.pop(entry_key(table.id, match, priority), None)
             return
-        e = p.codec.entry(te, table)
+        e, encoded = p.codec.entry_encoded(te, table)
         key = entry_key(table.id, e.match, e.priority)
         if op == Update.INSERT:
             self._dp_call(table, lambda: dp.insert(e, adopt=True))
-            meta = EntryMeta(e.match, te.controller_metadata, te.metadata, te.idle_timeout_ns, now, now)
+            meta = EntryMeta(e.match, te.controller_metadata, te.metadata, te.idle_timeout_ns, now, now,
+                             encoded=encoded)
             p.meta[key] = meta
         else:
             # dp.modify keeps the entry object, so its counters and last hit stay unless counter_data is set;
@@ -422,7 +433,7 @@ class SoftSwitch:
                 self._dp_call(table, lambda: dp.direct_counter_write(table.id, e.match, e.priority, e.packets, e.bytes))
             prev = p.meta.get(key)
             meta = EntryMeta(e.match, te.controller_metadata, te.metadata, te.idle_timeout_ns,
-                             prev.added_ns if prev else now, now, (prev.gen + 1) if prev else 0)
+                             prev.added_ns if prev else now, now, (prev.gen + 1) if prev else 0, encoded)
             p.meta[key] = meta
         if meta.idle_timeout_ns:
             heapq.heappush(p.idle_heap, (now + meta.idle_timeout_ns, meta.gen, key))
@@ -778,7 +789,8 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
     pins a worker for its whole life, and idle or hostile streams starve Write/Read of workers (63 idle streams
     stalled every unary RPC of a 64-worker server). Here a stream is a coroutine that costs no thread while it
     waits; only the work that touches the switch (which takes its lock and may wait for a long batch) runs on
-    `pool`, so the event loop itself never blocks and unary RPCs always find a worker.
+    `pool`, so the event loop itself never blocks and unary RPCs always find a worker. (Writes of a few updates
+    run on the loop when the switch lock is free at once; see `_run_small`.)
     """
 
     def __init__(self, switch: SoftSwitch, pool: Executor, max_streams: int = DEFAULT_MAX_STREAMS) -> None:
@@ -789,6 +801,18 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
 
     async def _run(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    async def _run_small(self, fn: Callable[[], Any]) -> Any:
+        """`fn`, a short call into the switch (a Write of a few updates): on the event loop itself when the
+        switch lock is free at once, else on the pool like `_run`.
+
+        The hop to a worker thread and back costs more than such a call (it halved the rate of single-update
+        Writes); trying the lock without blocking keeps the guarantee that the loop never waits for a long batch.
+        """
+        done, result = self.sw.call_if_free(fn)
+        if done:
+            return result
+        return await self._run(fn)
 
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, exc: P4RuntimeError) -> NoReturn:
@@ -806,7 +830,9 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
     async def Write(self, request: p4runtime_pb2.WriteRequest,
                     context: grpc.aio.ServicerContext) -> p4runtime_pb2.WriteResponse:
         try:
-            details = await self._run(partial(self._write, request))
+            call = partial(self._write, request)
+            small = not isinstance(request, Undecodable) and len(request.updates) <= INLINE_UPDATES
+            details = await (self._run_small(call) if small else self._run(call))
         except P4RuntimeError as exc:
             log.info("Write refused: %s", exc)
             await self._abort(context, exc)

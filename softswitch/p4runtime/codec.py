@@ -103,11 +103,18 @@ class Codec:
     # ---- match keys -------------------------------------------------------------------------------------
     def match(self, te: p4runtime_pb2.TableEntry, table: TableInfo) -> tuple[dict[int, FieldMatch], int]:
         """The dataplane match and the priority of a non-default entry (construct_match_key in PI)."""
+        out, priority, _ = self._match(te, table)
+        return out, priority
+
+    def _match(self, te: p4runtime_pb2.TableEntry, table: TableInfo) -> tuple[dict[int, FieldMatch], int, bool]:
+        """match(), and whether the fields came in canonical form (ascending ids, shortest byte strings, exact)."""
         if te.is_default_action:
             raise invalid("internal: match() called for a default entry")
         out: dict[int, FieldMatch] = {}
         fields = table.fields
         strict = self.strict
+        canonical = True
+        last = 0
         for mf in te.match:
             fid = mf.field_id
             info = fields.get(fid)
@@ -123,7 +130,11 @@ class Codec:
                 value = int.from_bytes(data, "big")
                 if data and not value >> info.bitwidth and not (strict and len(data) > 1 and data[0] == 0):
                     out[fid] = FieldMatch(value)
+                    if fid < last or (len(data) > 1 and data[0] == 0):
+                        canonical = False
+                    last = fid
                     continue
+            canonical = False
             out[fid] = self._field(table, info, mf)
         if len(out) != len(fields):  # only then can an exact field be missing
             for info in fields.values():
@@ -134,7 +145,7 @@ class Codec:
         if not table.needs_priority and te.priority != 0:
             raise invalid(f"{table.name}: non-zero priority {te.priority} for a table without ternary, range or "
                           "optional fields; leave priority 0")
-        return out, te.priority
+        return out, te.priority, canonical
 
     def _field(self, table: TableInfo, info: MatchFieldInfo, mf: p4runtime_pb2.FieldMatch) -> FieldMatch:
         """One match field, validated with a message that names it (construct_match_key in PI)."""
@@ -195,6 +206,11 @@ class Codec:
     # ---- actions ----------------------------------------------------------------------------------------
     def action(self, te: p4runtime_pb2.TableEntry, table: TableInfo) -> tuple[int, dict[int, int]]:
         """The action id and parameter values of an entry (validate_action + construct_action_data in PI)."""
+        action_id, params, _ = self._action(te, table)
+        return action_id, params
+
+    def _action(self, te: p4runtime_pb2.TableEntry, table: TableInfo) -> tuple[int, dict[int, int], bool]:
+        """action(), and whether the parameters came in canonical form (ascending ids, shortest byte strings)."""
         kind = te.action.WhichOneof("type")
         if kind != "action":
             raise invalid(f"{table.name}: only direct actions are supported (got {kind}); the table has no "
@@ -214,6 +230,8 @@ class Codec:
         params: dict[int, int] = {}
         pinfos = info.params
         strict = self.strict
+        canonical = True
+        last = 0
         for p in a.params:
             pid = p.param_id
             pinfo = pinfos.get(pid)
@@ -225,11 +243,14 @@ class Codec:
             value = int.from_bytes(data, "big")
             if not data or value >> pinfo.bitwidth or (strict and len(data) > 1 and data[0] == 0):
                 value = decode_uint(data, pinfo.bitwidth, f"action {info.name} parameter {pinfo.name}", strict)
+            if pid < last or (len(data) > 1 and data[0] == 0):
+                canonical = False
+            last = pid
             params[pid] = value
         missing = [pi.name for pid, pi in pinfos.items() if pid not in params] if len(params) != len(pinfos) else None
         if missing:
             raise invalid(f"action {info.name}: missing parameter(s) {', '.join(missing)}")
-        return a.action_id, params
+        return a.action_id, params, canonical
 
     def action_to_proto(self, action_id: int, params: dict[int, int]) -> p4runtime_pb2.TableAction:
         ta = p4runtime_pb2.TableAction()
@@ -241,6 +262,16 @@ class Codec:
     # ---- whole entries ----------------------------------------------------------------------------------
     def entry(self, te: p4runtime_pb2.TableEntry, table: TableInfo) -> TableEntry:
         """A full dataplane entry for INSERT / MODIFY of a non-default entry."""
+        return self.entry_encoded(te, table)[0]
+
+    def entry_encoded(self, te: p4runtime_pb2.TableEntry, table: TableInfo) -> tuple[TableEntry, bytes]:
+        """entry(), and the entry as a read returns it (what encode_entry would make) when that is the request's
+        own TableEntry re-serialized, else b"" (encode it when first read).
+
+        A request in canonical form - fields and parameters by ascending id, shortest byte strings, no counter
+        data - serializes (in C) to exactly the bytes a read returns, so the first whole-table read after a bulk
+        insert need not encode 65k entries in Python. `te` loses its unknown fields.
+        """
         if te.HasField("meter_config") or te.HasField("meter_counter_data"):
             raise invalid(f"{table.name}: the table has no direct meter")
         if te.idle_timeout_ns < 0:
@@ -250,12 +281,17 @@ class Codec:
                           "set idle_timeout_ns to 0")
         if te.HasField("counter_data") and not table.direct_counter_id:
             raise invalid(f"{table.name}: the table has no direct counter; leave counter_data unset")
-        match, priority = self.match(te, table)
+        match, priority, canonical = self._match(te, table)
         if not te.HasField("action"):
             raise invalid(f"{table.name}: 'action' must be set for a non-default entry")
-        action_id, params = self.action(te, table)
-        return TableEntry(table.id, match, action_id, params, priority=priority, idle_timeout_ns=te.idle_timeout_ns,
-                          packets=te.counter_data.packet_count, bytes=te.counter_data.byte_count)
+        action_id, params, canonical_action = self._action(te, table)
+        has_counters = te.HasField("counter_data")
+        e = TableEntry(table.id, match, action_id, params, priority=priority, idle_timeout_ns=te.idle_timeout_ns,
+                       packets=te.counter_data.packet_count, bytes=te.counter_data.byte_count)
+        if not (canonical and canonical_action) or has_counters or te.is_const:
+            return e, b""
+        te.DiscardUnknownFields()
+        return e, te.SerializeToString()
 
     def encode_entry(self, table: TableInfo, e: TableEntry, controller_metadata: int = 0, metadata: bytes = b"",
                      idle_timeout_ns: int = 0, is_const: bool = False) -> bytes:

@@ -30,6 +30,10 @@ def schema() -> Schema:
         t.match_fields.add(id=fid, name=f"f{fid}", bitwidth=width, match_type=KINDS[fid])
     t.action_refs.add(id=a.preamble.id)
     t.size = 1024
+    t.idle_timeout_behavior = p4info_pb2.Table.NOTIFY_CONTROL
+    dc = info.direct_counters.add()
+    dc.preamble.id, dc.preamble.name, dc.direct_table_id = 0x13000001, "ingress.t_counter", t.preamble.id
+    t.direct_resource_ids.append(dc.preamble.id)
     return Schema.from_p4info(info)
 
 
@@ -76,3 +80,32 @@ def test_encoded_entry_is_what_protobuf_serializes(e: TableEntry, cm: int, md: b
                                                  since_last_hit_field(since))
     assert parsed == want
     assert parsed.HasField("counter_data") and parsed.HasField("time_since_last_hit")
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(e=entries(), cm=st.integers(0, 2**64 - 1), md=st.binary(max_size=40), ttl=st.integers(0, 2**63 - 1),
+       pad=st.booleans(), reverse=st.booleans(), counters=st.booleans())
+def test_a_written_entry_reads_back_canonical(e: TableEntry, cm: int, md: bytes, ttl: int, pad: bool, reverse: bool,
+                                              counters: bool) -> None:
+    """Whatever form a client writes an entry in (padded byte strings, fields out of order, counter data), the
+    stored read encoding is the canonical one, as encode_entry makes it."""
+    codec = Codec(SCHEMA, strict=False)
+    sent = codec.entry_to_proto(TABLE, e)
+    sent.controller_metadata, sent.metadata, sent.idle_timeout_ns = cm, md, ttl
+    if pad:  # non-canonical: a leading zero byte on the first exact field and the first parameter
+        sent.match[0].exact.value = b"\0" + sent.match[0].exact.value
+        sent.action.action.params[0].value = b"\0" + sent.action.action.params[0].value
+    if reverse:
+        fields = list(sent.match)[::-1]
+        del sent.match[:]
+        sent.match.extend(fields)
+    if counters:
+        sent.counter_data.packet_count = 5
+    wire = p4runtime_pb2.TableEntry.FromString(sent.SerializeToString())
+    decoded, encoded = codec.entry_encoded(wire, TABLE)
+    assert (decoded.match, decoded.params) == (e.match, e.params)
+    want = codec.encode_entry(TABLE, e, cm, md, ttl)
+    assert encoded in (want, b"")  # b"": made at the first read instead
+    only_exact = all(KINDS[fid] == MT.EXACT for fid in e.match)  # other kinds are encoded at the first read
+    if only_exact and not (pad or counters or (reverse and len(sent.match) > 1)):
+        assert encoded == want
