@@ -56,6 +56,7 @@ from softswitch.p4runtime.codec import (
     entry_key,
     ld,
     since_last_hit_field,
+    varint,
 )
 from softswitch.p4runtime.schema import (
     P4RuntimeError,
@@ -661,16 +662,18 @@ class SoftSwitch:
             sink.send(data)
 
     def _packet_in(self, p: Pipeline, data: bytes) -> None:
-        msg = p4runtime_pb2.StreamMessageResponse()
+        """Send a frame to the primary as a PacketIn, serialized here without protobuf objects (a packet-in
+        built a message and one object per metadata field; the bytes are what protobuf would serialize)."""
         hdr = p.schema.packet_in
+        metadata = b""
         if hdr is not None:
             if len(data) < hdr.nbytes:
                 log.warning("a %d-byte frame to the CPU port is shorter than the packet_in header; dropped", len(data))
                 return
-            for fid, value in unpack_header(hdr, data).items():
-                msg.packet.metadata.add(metadata_id=fid, value=encode_uint(value))
+            metadata = b"".join([ld(_PACKET_IN_METADATA, _VARINT_1 + varint(fid) + ld(_META_VALUE, encode_uint(value)))
+                                 for fid, value in unpack_header(hdr, data).items()])
             data = data[hdr.nbytes:]
-        msg.packet.payload = data
+        msg = ld(_STREAM_PACKET, (ld(_PACKET_IN_PAYLOAD, data) if data else b"") + metadata)
         if self.arbitration.send_to_primary(msg):
             self.packet_ins += 1
         else:
@@ -765,6 +768,14 @@ def _set_counter_data(data: p4runtime_pb2.CounterData, unit: int, packets: int, 
 
 # ---- gRPC ---------------------------------------------------------------------------------------------------
 _END = object()
+# Tags of a PacketIn written as bytes: StreamMessageResponse.packet, PacketIn.payload / .metadata,
+# PacketMetadata.metadata_id / .value.
+_STREAM_PACKET, _PACKET_IN_PAYLOAD, _PACKET_IN_METADATA = b"\x12", b"\x0a", b"\x12"
+_VARINT_1, _META_VALUE = b"\x08", b"\x12"
+
+
+def _serialize_stream(msg: p4runtime_pb2.StreamMessageResponse | bytes) -> bytes:
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
 
 
 class _Abort:
@@ -901,10 +912,11 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[Any] = asyncio.Queue()
 
-        def send(msg: p4runtime_pb2.StreamMessageResponse) -> None:
+        def send(msg: p4runtime_pb2.StreamMessageResponse | bytes) -> None:
             # Called from port readers, the idle scanner and arbitration: must not block. A slow client loses
-            # packet-ins beyond PACKET_IN_QUEUE, never arbitration or idle-timeout messages.
-            if msg.HasField("packet") and out.qsize() >= PACKET_IN_QUEUE:
+            # packet-ins (the messages that come as bytes) beyond PACKET_IN_QUEUE, never arbitration or
+            # idle-timeout messages.
+            if isinstance(msg, bytes) and out.qsize() >= PACKET_IN_QUEUE:
                 self.sw.packet_ins_dropped += 1
                 return
             with contextlib.suppress(RuntimeError):  # the loop is closed: the server is stopping
@@ -1012,7 +1024,7 @@ def _handlers(service: P4RuntimeService) -> grpc.GenericRpcHandler:
                                              pb.GetForwardingPipelineConfigResponse),
         "StreamChannel": grpc.stream_stream_rpc_method_handler(
             service.StreamChannel, request_deserializer=_decoder(pb.StreamMessageRequest),
-            response_serializer=pb.StreamMessageResponse.SerializeToString),
+            response_serializer=_serialize_stream),
         "Capabilities": unary(service.Capabilities, pb.CapabilitiesRequest, pb.CapabilitiesResponse),
     })
 
