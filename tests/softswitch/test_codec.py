@@ -64,7 +64,7 @@ def entries(draw: st.DrawFn) -> TableEntry:
 
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(e=entries(), cm=st.integers(0, 2**64 - 1), md=st.binary(max_size=300), ttl=st.integers(0, 2**63 - 1),
-       const=st.booleans(), packets=st.integers(0, 2**64 - 1), nbytes=st.integers(0, 2**64 - 1),
+       const=st.booleans(), packets=st.integers(0, 2**63 - 1), nbytes=st.integers(0, 2**63 - 1),
        since=st.integers(0, 2**63 - 1))
 def test_encoded_entry_is_what_protobuf_serializes(e: TableEntry, cm: int, md: bytes, ttl: int, const: bool,
                                                    packets: int, nbytes: int, since: int) -> None:
