@@ -901,7 +901,7 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
         return p4runtime_pb2.CapabilitiesResponse(p4runtime_api_version=api_version())
 
     async def StreamChannel(self, request_iterator: AsyncIterator[p4runtime_pb2.StreamMessageRequest],
-                            context: grpc.aio.ServicerContext) -> AsyncIterator[p4runtime_pb2.StreamMessageResponse]:
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[p4runtime_pb2.StreamMessageResponse | bytes]:
         if self.open_streams >= self.max_streams:
             # Admission: past the limit a stream is refused at once instead of holding memory and an HTTP/2
             # stream for a client that may never arbitrate.
