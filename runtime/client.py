@@ -33,7 +33,6 @@ from .entities import (
     decode_packet_in,
     encode_packet_out,
     table_read_entity,
-    update,
 )
 from .errors import P4RuntimeError, decode_rpc_error
 from .p4info import P4Info
@@ -335,7 +334,7 @@ class SwitchClient:
         if self.p4info is None:
             raise P4RuntimeError("Write", "FAILED_PRECONDITION", "no P4Info: push or set a pipeline first")
         p4info = self.p4info
-        self.write([update(kind, e.encode(p4info)) for e in entries])  # type: ignore[arg-type]
+        self.write([e.encode_update(kind, p4info) for e in entries])  # type: ignore[arg-type]
 
     def insert(self, entries: Iterable[TableEntry]) -> None:
         self._entries("INSERT", entries)

@@ -52,7 +52,8 @@ _ids = itertools.count(1)
 class Connection:
     """One StreamChannel. election_id None = not yet arbitrated or sent without an election id."""
 
-    send: Callable[[p4runtime_pb2.StreamMessageResponse], None]
+    # bytes: an already serialized StreamMessageResponse, which is always a packet-in (see SoftSwitch._packet_in)
+    send: Callable[[p4runtime_pb2.StreamMessageResponse | bytes], None]
     peer: str = ""
     id: int = field(default_factory=lambda: next(_ids))
     device_id: int | None = None
@@ -107,7 +108,7 @@ class Arbitrator:
             primary = self._primary_locked()
             return primary is not None and election_id is not None and primary.election_id == election_id
 
-    def send_to_primary(self, msg: p4runtime_pb2.StreamMessageResponse) -> bool:
+    def send_to_primary(self, msg: p4runtime_pb2.StreamMessageResponse | bytes) -> bool:
         with self._lock:
             primary = self._primary_locked()
         if primary is None:

@@ -14,6 +14,7 @@ change behaviour (--pcap, --use-files, --restore-state, --packet-in) are refused
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import ssl
@@ -222,6 +223,7 @@ def run(argv: list[str]) -> int:
             raw_ports.append(port)
             switch.add_port(number, port)
             log.info("port %d: %s (%s packet I/O)", number, iface, port.io)
+        tune_gc()
         server = serve(switch, t.grpc_server_addr, tls, max_streams=t.grpc_max_streams)
         for port in raw_ports:
             port.start()
@@ -240,6 +242,24 @@ def run(argv: list[str]) -> int:
         for port in raw_ports:
             port.close()
     return 0
+
+
+GC_THRESHOLDS = (100_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector run rarely in the switch process.
+
+    Table entries are long-lived objects without cycles, and every Write/Read allocates thousands of small ones
+    (protobuf wrappers, entries, keys). With the default thresholds (700, 10, 10) the collector ran every few
+    hundred updates and re-walked the ever larger table: with 20,000 entries it took 5/6 of the time of an
+    insert batch (5,200 inserts/s instead of 33,000 with the collector off). Freezing what startup allocated
+    (the front end's parse trees) and collecting generation 0 every 100,000 allocations keeps cycles collected
+    without the per-batch walk.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,7 +91,7 @@ class _Table:
     """One table's runtime state. The generated apply function reads `exact` (all-exact keys) or calls
     `lookup`, and `default`; writers replace whole records or lists, so a reader sees the old or the new."""
 
-    __slots__ = ("by_key", "const", "default", "exact", "info", "order", "ternary")
+    __slots__ = ("all_exact", "by_key", "const", "default", "exact", "fulls", "info", "order", "refs", "ternary")
 
     def __init__(self, info: TableDef) -> None:
         self.info = info
@@ -101,6 +101,10 @@ class _Table:
         self.const: list[TableEntry] = []
         self.default: Rec
         self.ternary = any(k.match_kind == "ternary" for k in info.keys)
+        # Precomputed for the per-update checks (an insert must not re-derive them from the model each time).
+        self.all_exact = all(k.match_kind == "exact" for k in info.keys)
+        self.fulls = tuple((1 << k.width) - 1 for k in info.keys)
+        self.refs = {r.action.id: r for r in info.actions}
 
     def lookup(self, key: tuple[int, ...]) -> Rec | None:
         for masks, values, rec in self.order:
@@ -229,6 +233,18 @@ class Dataplane:
 
     def _key(self, tbl: _Table, match: dict[int, FieldMatch], priority: int) -> tuple[Any, tuple[int, ...], tuple[int, ...]]:
         """Validate a match; return (identity key, masks, values)."""
+        if tbl.all_exact and priority == 0 and len(match) == len(tbl.fulls):
+            # The common all-exact case; anything unusual takes the general path below for its error.
+            values_: list[int] = []
+            get = match.get
+            for i, full in enumerate(tbl.fulls, start=1):
+                fm = get(i)
+                if fm is None or fm.mask is not None or fm.prefix_len is not None or not 0 <= fm.value <= full:
+                    break
+                values_.append(fm.value)
+            else:
+                key = tuple(values_)
+                return key, tbl.fulls, key
         t = tbl.info
         for fid in match:
             if not 1 <= fid <= len(t.keys):
@@ -277,7 +293,7 @@ class Dataplane:
     def _check_action(self, tbl: _Table, action_id: int, params: dict[int, int], default: bool) -> ActionDef:
         t = tbl.info
         a = self._actions.get(action_id)
-        ref = next((r for r in t.actions if r.action.id == action_id), None)
+        ref = tbl.refs.get(action_id)
         if a is None or ref is None:
             raise InvalidEntry(f"table {t.name}: action id {action_id} is not one of its actions")
         if not default and ref.scope == "DEFAULT_ONLY":
@@ -298,8 +314,9 @@ class Dataplane:
     def _args(self, a: ActionDef, params: dict[int, int]) -> tuple[int, ...]:
         return tuple(params[i] for i in range(1, len(a.params) + 1))
 
-    def _store(self, tbl: _Table, e: TableEntry) -> None:
-        ident_key, masks, values = self._key(tbl, e.match, e.priority)
+    def _store(self, tbl: _Table, e: TableEntry,
+               key: tuple[Any, tuple[int, ...], tuple[int, ...]] | None = None) -> None:
+        ident_key, masks, values = key or self._key(tbl, e.match, e.priority)
         a = self._actions[e.action_id]
         rec = self._rec(a, self._args(a, e.params), e)
         tbl.by_key[ident_key] = (e, rec)
@@ -307,7 +324,7 @@ class Dataplane:
 
     def _publish(self, tbl: _Table, ident_key: Any, masks: tuple[int, ...], values: tuple[int, ...],
                  rec: Rec | None) -> None:
-        if all(k.match_kind == "exact" for k in tbl.info.keys):
+        if tbl.all_exact:
             if rec is None:
                 tbl.exact.pop(ident_key, None)
             else:
@@ -327,11 +344,14 @@ class Dataplane:
         if tbl.info.entries_const:
             raise InvalidEntry(f"table {tbl.info.name} is const (its entries are in the program)")
 
-    def insert(self, entry: TableEntry) -> None:
+    def insert(self, entry: TableEntry, *, adopt: bool = False) -> None:
+        """Add an entry. adopt: the caller hands `entry` over (never touches it again), so it is stored as it
+        is instead of copied."""
         with self._lock:
             tbl = self._table(entry.table_id)
             self._check_writable(tbl)
-            ident_key, _, _ = self._key(tbl, entry.match, entry.priority)
+            key = self._key(tbl, entry.match, entry.priority)
+            ident_key = key[0]
             self._check_action(tbl, entry.action_id, entry.params, default=False)
             if entry.idle_timeout_ns and not tbl.info.support_timeout:
                 raise InvalidEntry(f"table {tbl.info.name} does not support idle timeouts")
@@ -339,10 +359,16 @@ class Dataplane:
                 raise EntryExists(f"table {tbl.info.name}: an entry with this match already exists")
             if len(tbl.by_key) >= tbl.info.size:
                 raise TableFull(f"table {tbl.info.name} is full ({tbl.info.size} entries)")
-            e = TableEntry(entry.table_id, {k: FieldMatch(v.value, v.mask, v.prefix_len) for k, v in entry.match.items()},
-                           entry.action_id, dict(entry.params), entry.priority, entry.idle_timeout_ns,
-                           0, 0, time.monotonic_ns())
-            self._store(tbl, e)
+            if adopt:
+                e = entry
+                e.packets = e.bytes = 0
+                e.last_hit_ns = time.monotonic_ns()
+            else:
+                e = TableEntry(entry.table_id,
+                               {k: FieldMatch(v.value, v.mask, v.prefix_len) for k, v in entry.match.items()},
+                               entry.action_id, dict(entry.params), entry.priority, entry.idle_timeout_ns,
+                               0, 0, time.monotonic_ns())
+            self._store(tbl, e, key)
 
     def modify(self, entry: TableEntry) -> None:
         with self._lock:
@@ -373,7 +399,7 @@ class Dataplane:
             if old is None:
                 raise EntryNotFound(f"table {tbl.info.name}: no entry with this match")
             self._publish(tbl, ident_key, masks, values, None)
-            return _copy(old[0])
+            return old[0]  # out of the table: nobody else holds it now
 
     def _find(self, table_id: int, match: dict[int, FieldMatch], priority: int) -> TableEntry | None:
         tbl = self._table(table_id)
@@ -394,6 +420,20 @@ class Dataplane:
                 consts = {id(e) for e in tbl.const}
                 out.extend(_copy(e) for e, _ in tbl.by_key.values() if id(e) not in consts)
             return out
+
+    def live_entries(self, table_id: int) -> list[TableEntry]:
+        """The table's (non-const) entry objects themselves, not copies, for a caller that only reads them.
+
+        A whole-table read copied every entry (a dict and a FieldMatch per field) only to encode it and drop the
+        copy. MODIFY changes an entry object's action in place, so the caller must hold the lock that
+        serialises its own writes while it reads them (the P4Runtime server's switch lock); the counters may
+        move on while it reads, as on hardware."""
+        with self._lock:
+            tbl = self._table(table_id)
+            if not tbl.const:
+                return [e for e, _ in tbl.by_key.values()]
+            consts = {id(e) for e in tbl.const}
+            return [e for e, _ in tbl.by_key.values() if id(e) not in consts]
 
     def const_entries(self, table_id: int) -> list[TableEntry]:
         with self._lock:

@@ -44,11 +44,20 @@ from softswitch.dataplane import (
     EntryNotFound,
     FieldMatch,
     InvalidEntry,
-    TableEntry,
     TableFull,
 )
 from softswitch.frontend import P4FrontendError, load_program
-from softswitch.p4runtime.codec import Codec, EntryKey, entry_key
+from softswitch.p4runtime.codec import (
+    ENTITY_TABLE_ENTRY,
+    READ_RESPONSE_ENTITY,
+    Codec,
+    EntryKey,
+    counter_data_field,
+    entry_key,
+    ld,
+    since_last_hit_field,
+    varint,
+)
 from softswitch.p4runtime.schema import (
     P4RuntimeError,
     Schema,
@@ -72,6 +81,7 @@ GRPC_CODES: dict[int, grpc.StatusCode] = {sc.value[0]: sc for sc in grpc.StatusC
 READ_CHUNK = 1000  # entities per ReadResponse: a full 64k-entry table must not exceed a client's 4 MB message limit
 PACKET_IN_QUEUE = 4096  # packet-ins waiting for a slow client before they are dropped
 DETAILS_BUDGET = 8 << 10  # bytes of per-update statuses in one trailer: gRPC clients' default soft metadata limit
+INLINE_UPDATES = 16  # Writes with at most this many updates run on the event loop when the switch is idle
 DEFAULT_WORKERS = 16  # threads for calls into the switch; they serialise on its lock, so more would only wait
 DEFAULT_MAX_STREAMS = 4096  # open StreamChannels (arbitrated or not) before new ones are refused
 DEVICE_CONFIG_HINT = "send the P4 source (flowtable.p4 from `offloadgen build`) as p4_device_config"
@@ -99,6 +109,7 @@ class EntryMeta:
     added_ns: int  # time.monotonic_ns of the INSERT (time_since_last_hit of a never-hit entry counts from it)
     timer_ns: int  # start of the current idle period: INSERT, MODIFY or the last notification
     gen: int = 0  # bumped on MODIFY so that stale idle-heap items are skipped
+    encoded: bytes = b""  # the entry as a read returns it, without counters (Codec.encode_entry), once made
 
 
 @dataclass
@@ -310,6 +321,15 @@ class SoftSwitch:
             raise P4RuntimeError(code_pb2.NOT_FOUND, f"unknown device id {device_id}; this switch is device "
                                  f"{self.device_id} (--device-id)")
 
+    def call_if_free(self, fn: Callable[[], Any]) -> tuple[bool, Any]:
+        """(True, fn()) with the switch lock taken, if it is free at once; (False, None) without calling fn."""
+        if not self._lock.acquire(blocking=False):
+            return False, None
+        try:
+            return True, fn()
+        finally:
+            self._lock.release()
+
     # ---- Write --------------------------------------------------------------------------------------------
     def write(self, request: p4runtime_pb2.WriteRequest) -> list[p4runtime_pb2.Error] | None:
         """Apply a batch update by update; per-update errors (None when every update succeeded)."""
@@ -399,25 +419,22 @@ class SoftSwitch:
             self._dp_call(table, lambda: dp.delete(table.id, match, priority))
             p.meta.pop(entry_key(table.id, match, priority), None)
             return
-        e = p.codec.entry(te, table)
+        e, encoded = p.codec.entry_encoded(te, table)
         key = entry_key(table.id, e.match, e.priority)
         if op == Update.INSERT:
-            self._dp_call(table, lambda: dp.insert(e))
-            meta = EntryMeta(e.match, te.controller_metadata, te.metadata, te.idle_timeout_ns, now, now)
+            self._dp_call(table, lambda: dp.insert(e, adopt=True))
+            meta = EntryMeta(e.match, te.controller_metadata, te.metadata, te.idle_timeout_ns, now, now,
+                             encoded=encoded)
             p.meta[key] = meta
         else:
-            old = dp.get(table.id, e.match, e.priority)
-            if old is None:
-                raise P4RuntimeError(code_pb2.NOT_FOUND, f"{table.name}: cannot find match entry")
-            if not te.HasField("counter_data"):
-                e.packets, e.bytes = old.packets, old.bytes
-            e.last_hit_ns = old.last_hit_ns
+            # dp.modify keeps the entry object, so its counters and last hit stay unless counter_data is set;
+            # the codec has validated the action, so the only refusal left is NOT_FOUND.
             self._dp_call(table, lambda: dp.modify(e))
             if te.HasField("counter_data"):
                 self._dp_call(table, lambda: dp.direct_counter_write(table.id, e.match, e.priority, e.packets, e.bytes))
             prev = p.meta.get(key)
             meta = EntryMeta(e.match, te.controller_metadata, te.metadata, te.idle_timeout_ns,
-                             prev.added_ns if prev else now, now, (prev.gen + 1) if prev else 0)
+                             prev.added_ns if prev else now, now, (prev.gen + 1) if prev else 0, encoded)
             p.meta[key] = meta
         if meta.idle_timeout_ns:
             heapq.heappush(p.idle_heap, (now + meta.idle_timeout_ns, meta.gen, key))
@@ -453,24 +470,37 @@ class SoftSwitch:
 
     # ---- Read ---------------------------------------------------------------------------------------------
     def read(self, request: p4runtime_pb2.ReadRequest) -> Iterator[p4runtime_pb2.ReadResponse]:
+        """The ReadResponses of a request (see read_bytes, which the gRPC service sends as they are)."""
+        for chunk in self.read_bytes(request):
+            yield p4runtime_pb2.ReadResponse.FromString(chunk)
+
+    def read_bytes(self, request: p4runtime_pb2.ReadRequest) -> list[bytes]:
+        """The serialized ReadResponses of a request, READ_CHUNK entities each.
+
+        Built as bytes: each table entry's encoding is kept from the first read (EntryMeta.encoded) and a read
+        appends only the counter field, so a whole-table read is mostly a concatenation instead of a protobuf
+        object per entry, match field and parameter.
+        """
         p = self.check_reader(request.device_id)
-        entities: list[p4runtime_pb2.Entity] = []
+        entities: list[bytes] = []  # serialized Entity messages
         for entity in request.entities:
             kind = entity.WhichOneof("entity")
             if kind == "table_entry":
                 entities += self._read_tables(p, entity.table_entry)
             elif kind == "counter_entry":
-                entities += self._read_counters(p, entity.counter_entry)
+                entities += (e.SerializeToString() for e in self._read_counters(p, entity.counter_entry))
             elif kind == "direct_counter_entry":
-                entities += self._read_direct_counters(p, entity.direct_counter_entry)
+                entities += (e.SerializeToString()
+                             for e in self._read_direct_counters(p, entity.direct_counter_entry))
             elif kind is None:
                 raise invalid("read of an entity that is not set")
             else:
                 raise P4RuntimeError(code_pb2.UNIMPLEMENTED, f"{kind} reads are not supported by softswitch")
-        for i in range(0, max(len(entities), 1), READ_CHUNK):
-            yield p4runtime_pb2.ReadResponse(entities=entities[i:i + READ_CHUNK])
+        return [b"".join([ld(READ_RESPONSE_ENTITY, x) for x in entities[i:i + READ_CHUNK]])
+                for i in range(0, max(len(entities), 1), READ_CHUNK)]
 
-    def _read_tables(self, p: Pipeline, req: p4runtime_pb2.TableEntry) -> list[p4runtime_pb2.Entity]:
+    def _read_tables(self, p: Pipeline, req: p4runtime_pb2.TableEntry) -> list[bytes]:
+        """Serialized Entity messages of the table entries `req` selects."""
         want_counters = req.HasField("counter_data")
         want_hit = req.HasField("time_since_last_hit")
         if req.table_id:
@@ -482,7 +512,8 @@ class SoftSwitch:
                 raise invalid("a match needs a table id")
             tables = list(p.schema.tables.values())
         action_filter = req.action.action.action_id if req.HasField("action") else 0
-        out: list[p4runtime_pb2.Entity] = []
+        out: list[bytes] = []
+        codec = p.codec
         for table in tables:
             if req.is_default_action:
                 if want_hit:
@@ -495,44 +526,51 @@ class SoftSwitch:
                     continue
                 te = p4runtime_pb2.TableEntry(table_id=table.id, is_default_action=True,
                                               controller_metadata=cookies[0], metadata=cookies[1])
-                te.action.CopyFrom(p.codec.action_to_proto(action_id, params))
-                out.append(p4runtime_pb2.Entity(table_entry=te))
+                te.action.CopyFrom(codec.action_to_proto(action_id, params))
+                out.append(ld(ENTITY_TABLE_ENTRY, te.SerializeToString()))
                 continue
+            counters = want_counters and bool(table.direct_counter_id)
+            hit = want_hit and table.supports_idle_timeout
+            filtered = bool(action_filter or req.priority or req.controller_metadata or req.metadata)
             with self._lock:
+                # Under the switch lock: no write changes an entry or its meta while it is encoded.
                 now = time.monotonic_ns()
                 if req.match:
-                    match, priority = p.codec.match(req, table)
+                    match, priority = codec.match(req, table)
                     one = p.dataplane.get(table.id, match, priority)
                     entries = [one] if one is not None else []
+                    const = table.is_const
                 elif table.is_const:
-                    entries = list(p.dataplane.const_entries(table.id))
+                    entries = p.dataplane.const_entries(table.id)
+                    const = True
                 else:
-                    entries = p.dataplane.entries(table.id)
-                rows: list[tuple[TableEntry, tuple[int, bytes, int, int] | None]] = []
+                    entries = p.dataplane.live_entries(table.id)
+                    const = False
+                meta = p.meta
                 for e in entries:
-                    em = p.meta.get(entry_key(table.id, e.match, e.priority))
-                    rows.append((e, (em.controller_metadata, em.metadata, em.idle_timeout_ns, em.added_ns) if em else None))
-            for e, m in rows:
-                if action_filter and e.action_id != action_filter:
-                    continue
-                if req.priority and e.priority != req.priority:
-                    continue
-                if req.controller_metadata and (m is None or m[0] != req.controller_metadata):
-                    continue
-                if req.metadata and (m is None or m[1] != req.metadata):
-                    continue
-                te = p.codec.entry_to_proto(table, e)
-                if m is not None:
-                    te.controller_metadata, te.metadata, te.idle_timeout_ns = m[0], m[1], m[2]
-                elif table.is_const:
-                    te.is_const = True
-                if want_counters and table.direct_counter_id:
-                    te.counter_data.packet_count = e.packets
-                    te.counter_data.byte_count = e.bytes
-                if want_hit and table.supports_idle_timeout:
-                    since = e.last_hit_ns or (m[3] if m else now)
-                    te.time_since_last_hit.elapsed_ns = max(0, now - since)
-                out.append(p4runtime_pb2.Entity(table_entry=te))
+                    em = meta.get(entry_key(table.id, e.match, e.priority))
+                    if filtered:
+                        if action_filter and e.action_id != action_filter:
+                            continue
+                        if req.priority and e.priority != req.priority:
+                            continue
+                        if req.controller_metadata and (em is None or em.controller_metadata != req.controller_metadata):
+                            continue
+                        if req.metadata and (em is None or em.metadata != req.metadata):
+                            continue
+                    if em is None:
+                        data = codec.encode_entry(table, e, is_const=const)
+                    else:
+                        data = em.encoded
+                        if not data:
+                            data = em.encoded = codec.encode_entry(table, e, em.controller_metadata, em.metadata,
+                                                                   em.idle_timeout_ns)
+                    if counters:
+                        data += counter_data_field(e.packets, e.bytes)
+                    if hit:
+                        since = e.last_hit_ns or (em.added_ns if em else now)
+                        data += since_last_hit_field(max(0, now - since))
+                    out.append(ld(ENTITY_TABLE_ENTRY, data))
         return out
 
     def _read_counters(self, p: Pipeline, req: p4runtime_pb2.CounterEntry) -> list[p4runtime_pb2.Entity]:
@@ -624,16 +662,18 @@ class SoftSwitch:
             sink.send(data)
 
     def _packet_in(self, p: Pipeline, data: bytes) -> None:
-        msg = p4runtime_pb2.StreamMessageResponse()
+        """Send a frame to the primary as a PacketIn, serialized here without protobuf objects (a packet-in
+        built a message and one object per metadata field; the bytes are what protobuf would serialize)."""
         hdr = p.schema.packet_in
+        metadata = b""
         if hdr is not None:
             if len(data) < hdr.nbytes:
                 log.warning("a %d-byte frame to the CPU port is shorter than the packet_in header; dropped", len(data))
                 return
-            for fid, value in unpack_header(hdr, data).items():
-                msg.packet.metadata.add(metadata_id=fid, value=encode_uint(value))
+            metadata = b"".join([ld(_PACKET_IN_METADATA, _VARINT_1 + varint(fid) + ld(_META_VALUE, encode_uint(value)))
+                                 for fid, value in unpack_header(hdr, data).items()])
             data = data[hdr.nbytes:]
-        msg.packet.payload = data
+        msg = ld(_STREAM_PACKET, (ld(_PACKET_IN_PAYLOAD, data) if data else b"") + metadata)
         if self.arbitration.send_to_primary(msg):
             self.packet_ins += 1
         else:
@@ -728,6 +768,14 @@ def _set_counter_data(data: p4runtime_pb2.CounterData, unit: int, packets: int, 
 
 # ---- gRPC ---------------------------------------------------------------------------------------------------
 _END = object()
+# Tags of a PacketIn written as bytes: StreamMessageResponse.packet, PacketIn.payload / .metadata,
+# PacketMetadata.metadata_id / .value.
+_STREAM_PACKET, _PACKET_IN_PAYLOAD, _PACKET_IN_METADATA = b"\x12", b"\x0a", b"\x12"
+_VARINT_1, _META_VALUE = b"\x08", b"\x12"
+
+
+def _serialize_stream(msg: p4runtime_pb2.StreamMessageResponse | bytes) -> bytes:
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
 
 
 class _Abort:
@@ -752,7 +800,8 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
     pins a worker for its whole life, and idle or hostile streams starve Write/Read of workers (63 idle streams
     stalled every unary RPC of a 64-worker server). Here a stream is a coroutine that costs no thread while it
     waits; only the work that touches the switch (which takes its lock and may wait for a long batch) runs on
-    `pool`, so the event loop itself never blocks and unary RPCs always find a worker.
+    `pool`, so the event loop itself never blocks and unary RPCs always find a worker. (Writes of a few updates
+    run on the loop when the switch lock is free at once; see `_run_small`.)
     """
 
     def __init__(self, switch: SoftSwitch, pool: Executor, max_streams: int = DEFAULT_MAX_STREAMS) -> None:
@@ -763,6 +812,18 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
 
     async def _run(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    async def _run_small(self, fn: Callable[[], Any]) -> Any:
+        """`fn`, a short call into the switch (a Write of a few updates): on the event loop itself when the
+        switch lock is free at once, else on the pool like `_run`.
+
+        The hop to a worker thread and back costs more than such a call (it halved the rate of single-update
+        Writes); trying the lock without blocking keeps the guarantee that the loop never waits for a long batch.
+        """
+        done, result = self.sw.call_if_free(fn)
+        if done:
+            return result
+        return await self._run(fn)
 
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, exc: P4RuntimeError) -> NoReturn:
@@ -780,7 +841,9 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
     async def Write(self, request: p4runtime_pb2.WriteRequest,
                     context: grpc.aio.ServicerContext) -> p4runtime_pb2.WriteResponse:
         try:
-            details = await self._run(partial(self._write, request))
+            call = partial(self._write, request)
+            small = not isinstance(request, Undecodable) and len(request.updates) <= INLINE_UPDATES
+            details = await (self._run_small(call) if small else self._run(call))
         except P4RuntimeError as exc:
             log.info("Write refused: %s", exc)
             await self._abort(context, exc)
@@ -790,10 +853,10 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
         return p4runtime_pb2.WriteResponse()
 
     async def Read(self, request: p4runtime_pb2.ReadRequest,
-                   context: grpc.aio.ServicerContext) -> AsyncIterator[p4runtime_pb2.ReadResponse]:
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         try:
             _check_decoded(request)
-            responses = await self._run(lambda: list(self.sw.read(request)))
+            responses = await self._run(partial(self.sw.read_bytes, request))
         except P4RuntimeError as exc:
             log.info("Read refused: %s", exc)
             await self._abort(context, exc)
@@ -838,7 +901,7 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
         return p4runtime_pb2.CapabilitiesResponse(p4runtime_api_version=api_version())
 
     async def StreamChannel(self, request_iterator: AsyncIterator[p4runtime_pb2.StreamMessageRequest],
-                            context: grpc.aio.ServicerContext) -> AsyncIterator[p4runtime_pb2.StreamMessageResponse]:
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[p4runtime_pb2.StreamMessageResponse | bytes]:
         if self.open_streams >= self.max_streams:
             # Admission: past the limit a stream is refused at once instead of holding memory and an HTTP/2
             # stream for a client that may never arbitrate.
@@ -849,10 +912,11 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[Any] = asyncio.Queue()
 
-        def send(msg: p4runtime_pb2.StreamMessageResponse) -> None:
+        def send(msg: p4runtime_pb2.StreamMessageResponse | bytes) -> None:
             # Called from port readers, the idle scanner and arbitration: must not block. A slow client loses
-            # packet-ins beyond PACKET_IN_QUEUE, never arbitration or idle-timeout messages.
-            if msg.HasField("packet") and out.qsize() >= PACKET_IN_QUEUE:
+            # packet-ins (the messages that come as bytes) beyond PACKET_IN_QUEUE, never arbitration or
+            # idle-timeout messages.
+            if isinstance(msg, bytes) and out.qsize() >= PACKET_IN_QUEUE:
                 self.sw.packet_ins_dropped += 1
                 return
             with contextlib.suppress(RuntimeError):  # the loop is closed: the server is stopping
@@ -949,8 +1013,9 @@ def _handlers(service: P4RuntimeService) -> grpc.GenericRpcHandler:
 
     return grpc.method_handlers_generic_handler("p4.v1.P4Runtime", {
         "Write": unary(service.Write, pb.WriteRequest, pb.WriteResponse),
+        # Read yields ReadResponses already serialized (SoftSwitch.read_bytes)
         "Read": grpc.unary_stream_rpc_method_handler(service.Read, request_deserializer=_decoder(pb.ReadRequest),
-                                                     response_serializer=pb.ReadResponse.SerializeToString),
+                                                     response_serializer=bytes),
         "SetForwardingPipelineConfig": unary(service.SetForwardingPipelineConfig,
                                              pb.SetForwardingPipelineConfigRequest,
                                              pb.SetForwardingPipelineConfigResponse),
@@ -959,7 +1024,7 @@ def _handlers(service: P4RuntimeService) -> grpc.GenericRpcHandler:
                                              pb.GetForwardingPipelineConfigResponse),
         "StreamChannel": grpc.stream_stream_rpc_method_handler(
             service.StreamChannel, request_deserializer=_decoder(pb.StreamMessageRequest),
-            response_serializer=pb.StreamMessageResponse.SerializeToString),
+            response_serializer=_serialize_stream),
         "Capabilities": unary(service.Capabilities, pb.CapabilitiesRequest, pb.CapabilitiesResponse),
     })
 

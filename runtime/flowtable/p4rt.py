@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from p4.v1 import p4runtime_pb2
 
 from ..client import SwitchClient
-from ..entities import TableEntry, update
+from ..entities import TableEntry
 from ..errors import P4RuntimeError
 from .core import HwStats
 from .model import FlowTuple
@@ -60,7 +60,7 @@ class P4RuntimeWriter:
         p4info = self.client.p4info
         if p4info is None:
             raise P4RuntimeError("Write", "FAILED_PRECONDITION", "no P4Info: the pipeline is not set")
-        msgs = [update(u.op.value, to_table_entry(u).encode(p4info)) for u in updates]
+        msgs = [to_table_entry(u).encode_update(u.op.value, p4info) for u in updates]
         results = [UpdateResult(Code.OK)] * len(msgs)
         try:
             self.client.write(msgs)
