@@ -35,7 +35,7 @@ from .conntrack import Conn, Conntrack, CtEvent, CtTuple, Dir, Status, TcpState
 from .entities import IdleTimeout, mac_str
 from .errors import ConfigError, P4RuntimeError
 from .flowtable.core import Flow, FlowDirection, FlowTable, IdleVerdict, OfferResult
-from .flowtable.fastpath import FastPath
+from .flowtable.fastpath import CountHook, FastPath
 from .flowtable.model import FlowFlag, FlowTuple
 from .flowtable.offload import OffloadEngine
 from .flowtable.p4map import STMT_COUNTER, PipelineCaps, SwitchEntry, caps_from_p4info, delete_for
@@ -115,29 +115,37 @@ class Offloader:
                  post: Callable[[Callable[[], None]], None] | None = None) -> None:
         """``post`` runs a function on the thread that owns the slow path (the controller's worker): held
         packets are released from there as soon as the offload engine reports the delete done."""
-        self.config = config
-        self.policy = load_policy(config)
+        self._init_flowtable(config, pipeline, client, emit, clock, count=slowpath.counters.add, post=post)
         self.conntrack = conntrack
         self.slowpath = slowpath
-        self.client = client
-        self.emit = emit
-        self.ft = FlowTable(self.policy, clock)
-        self.caps: PipelineCaps = caps_from_p4info(pipeline.p4info.message).with_counter_names(self.policy.counter_names)
-        self.fast = FastPath(self.ft, count=slowpath.counters.add)
-        self.engine: OffloadEngine | None = None
-        self.hw_packets = 0
-        self.hw_bytes = 0
-        self.rebuilt = 0
-        self.reconciles = 0
-        self.clock = clock
-        self.post = post
-        self._held: dict[int, _Held] = {}
-        self.ft.listeners.append(self._flow_event)
         self.ft.listeners.append(self._hold_event)
         conntrack.subscribe(self._ct_event)
         slowpath.on_forward.append(self._offer)
         slowpath.statements = self._statements
         slowpath.counters.declare(self.policy.counter_names)
+
+    def _init_flowtable(self, config: RouterConfig, pipeline: Pipeline, client: SwitchClient,
+                        emit: Callable[[int, bytes], None], clock: Callable[[], int],
+                        count: CountHook | None = None,
+                        post: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """What every slow path's offloader has: the policy, the flowtable with its fast path, the switch's
+        capabilities and the counters shown by ``offloadgen stats``. Subclasses wire their own conntrack."""
+        self.config = config
+        self.policy = load_policy(config)
+        self.client = client
+        self.emit = emit
+        self.clock = clock
+        self.ft = FlowTable(self.policy, clock)
+        self.caps: PipelineCaps = caps_from_p4info(pipeline.p4info.message).with_counter_names(self.policy.counter_names)
+        self.fast = FastPath(self.ft, count=count)
+        self.engine: OffloadEngine | None = None
+        self.hw_packets = 0
+        self.hw_bytes = 0
+        self.rebuilt = 0
+        self.reconciles = 0
+        self.post = post
+        self._held: dict[int, _Held] = {}
+        self.ft.listeners.append(self._flow_event)
 
     # ------------------------------------------------------------------------------ lifecycle
 

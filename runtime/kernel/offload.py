@@ -32,12 +32,10 @@ from ..actions import ActionList, format_actions, route_actions
 from ..client import SwitchClient
 from ..config import RouterConfig
 from ..conntrack import IPPROTO_TCP, IPPROTO_UDP, CtRecord, CtTuple, Dir, TcpState
-from ..flowtable.core import Flow, FlowDirection, FlowTable, OfferResult
-from ..flowtable.fastpath import FastPath
+from ..flowtable.core import Flow, FlowDirection, OfferResult
 from ..flowtable.model import NS, FlowFlag, FlowTuple
-from ..flowtable.p4map import PipelineCaps, caps_from_p4info
 from ..flowtable.reconcile import EntryPair
-from ..offloader import Offloader, load_policy
+from ..offloader import Offloader
 from ..packet import PacketError, parse
 from ..pipeline import Pipeline
 from .ctnetlink import IPS_ASSURED, IPS_DST_NAT, IPS_SRC_NAT, KCt, KEvent
@@ -115,34 +113,17 @@ class KernelOffloader(Offloader):
     def __init__(self, config: RouterConfig, pipeline: Pipeline, kernel: KernelSlowPath, client: SwitchClient,
                  emit: Callable[[int, bytes], None], clock: Callable[[], int]) -> None:
         # Not Offloader.__init__: that one subscribes to the Python conntrack and slow path.
-        self.config = config
-        self.policy = load_policy(config)
+        self._init_flowtable(config, pipeline, client, emit, clock)
         # the kernel applies the statements through the ruleset offloadgen generates (nft.statement_rules)
         check_statements(config, self.policy, user_ruleset=kernel.options.nft_ruleset)
         kernel.policy = self.policy
         self.kernel = kernel
-        self.client = client
-        self.emit = emit
-        self.clock = clock
-        self.ft = FlowTable(self.policy, clock)
-        self.caps: PipelineCaps = caps_from_p4info(pipeline.p4info.message).with_counter_names(self.policy.counter_names)
-        self.fast = FastPath(self.ft)
-        self.engine = None
-        self.hw_packets = 0
-        self.hw_bytes = 0
-        self.rebuilt = 0
-        self.reconciles = 0
         self.conns: dict[CtTuple, KConn] = {}
         self._by_tuple: dict[CtTuple, KConn] = {}  # both directions' arriving tuples
         self._lock = threading.RLock()
         self.fixups: collections.deque[_KHandle] = collections.deque()
-        # The Python path's hold of a closing flow's packets (Offloader._hold_event) is not used here: this
-        # class holds FINs for the kernel itself (_close_before_kernel).
-        self.post = None
-        self._held = {}
         self._started = False
         self.kstats: collections.Counter[str] = collections.Counter()
-        self.ft.listeners.append(self._flow_event)
         kernel.listeners.append(self._kernel_event)
         kernel.on_resync.append(self._resync)
 
