@@ -8,13 +8,11 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hostapps import UDP_CLIENT, UDP_SERVER, start_server, stop
+from hostapps import UDP_CLIENT, UDP_SERVER, start_server, stop, wait_for
 
 from offloadgen.netlab import Netlab
 from offloadgen.switchproc import SwitchProcess, SwitchSpec, free_grpc_addr
@@ -34,13 +32,6 @@ STRAY = TableEntry("flow_v4", {"in_port": 1, "src_addr": "10.0.1.77", "dst_addr"
                    "offload", {"port": 4, "smac": "02:00:00:00:01:04", "dmac": "02:00:00:00:00:20"})
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def stats_command(sock: Path) -> str:

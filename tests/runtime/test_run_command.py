@@ -9,12 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from hostapps import wait_for
 
 from offloadgen.netlab import Netlab
 from offloadgen.switchproc import SwitchProcess, SwitchSpec, free_grpc_addr
@@ -24,13 +22,6 @@ KINDS = ["softswitch", pytest.param("bmv2", marks=pytest.mark.bmv2)]
 A_MAC, B_MAC, WAN_ADDR = "02:00:00:00:00:10", "02:00:00:00:00:20", "192.0.2.1"
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
