@@ -185,6 +185,13 @@ def read_line(proc: subprocess.Popen[str], timeout: float, what: str) -> str:
     return proc.stdout.readline()
 
 
+def assert_delivered(stdout: str, peer: str, size: int, why: str = "") -> None:
+    """TCP_CLIENT's last line is TCP_SERVER's answer (the peer it saw, the bytes and their SHA-256) and the
+    SHA-256 of what was sent: the server got exactly the data, from ``peer`` (after NAT, the router)."""
+    got_peer, n, digest, sent = stdout.splitlines()[-1].split()
+    assert (got_peer, int(n), digest) == (peer, size, sent), why or f"{size} bytes intact from {peer}"
+
+
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     delay = 0.02
