@@ -6,10 +6,12 @@
     udpblast DST PORT RATE SECONDS         a "ping" until answered, then RATE datagrams/s for SECONDS
 
 The client opens N connections (round robin over the source addresses and server ports, at most CONCURRENT
-handshakes at a time), prints "connected N" when all are up, then on each connection sends 16 bytes every
-INTERVAL seconds (each connection at its own phase) and checks the echo. A stall is the time from a send to
-its echo; the longest per connection is kept. After HOLD seconds it closes them all (FIN), waits for the
-server's FIN and writes the figures to OUT.json. One asyncio loop; RLIMIT_NOFILE is raised to fit.
+handshakes at a time). Each connection starts talking as soon as it is up: 16 bytes every INTERVAL seconds
+(each at its own phase), checking the echo, so no connection is ever idle longer than INTERVAL, not even
+while the others are still being opened (with a flow timeout above INTERVAL, any expiry is a false one).
+A stall is the time from a send to its echo; the longest per connection is kept. Once all are up it prints
+"connected N"; HOLD seconds later it closes them all (FIN), waits for the server's FIN and writes the
+figures to OUT.json. One asyncio loop; RLIMIT_NOFILE is raised to fit.
 """
 
 from __future__ import annotations
@@ -84,18 +86,25 @@ async def open_one(dst: str, port: int, src: str, c: Conn, sem: asyncio.Semaphor
         c.connect_s = time.monotonic() - t0
 
 
-async def talk(c: Conn, interval: float, until: float) -> None:
-    """Send 16 bytes every `interval` s until `until`; keep the longest send-to-echo time."""
+class Hold:
+    """When the connections stop talking: unknown (never) until every connection is up."""
+
+    def __init__(self) -> None:
+        self.until = float("inf")
+
+
+async def talk(c: Conn, interval: float, hold: Hold) -> None:
+    """Send 16 bytes every `interval` s until the hold ends; keep the longest send-to-echo time."""
     if c.error:
         return
     await asyncio.sleep(random.uniform(0, interval))
     msg = bytes(random.getrandbits(8) for _ in range(MSG))
     try:
-        while time.monotonic() < until:
+        while time.monotonic() < hold.until:
             t0 = time.monotonic()
             c.writer.write(msg)
             c.sent += 1
-            got = await asyncio.wait_for(c.reader.readexactly(MSG), max(1.0, until - t0 + 30))
+            got = await asyncio.wait_for(c.reader.readexactly(MSG), 120)
             if got != msg:
                 c.error = "echo differs"
                 return
@@ -124,13 +133,25 @@ async def client(dst: str, ports: list[int], srcs: list[str], n: int, interval: 
     raise_nofile(n)
     sem = asyncio.Semaphore(CONCURRENT)
     conns = [Conn() for _ in range(n)]
+    stop = Hold()
+    opened = 0
+    all_open = asyncio.Event()
+
+    async def life(i: int, c: Conn) -> None:
+        nonlocal opened
+        await open_one(dst, ports[i % len(ports)], srcs[(i // len(ports)) % len(srcs)], c, sem)
+        opened += 1
+        if opened == n:
+            all_open.set()
+        await talk(c, interval, stop)
+
     t0 = time.monotonic()
-    await asyncio.gather(*(open_one(dst, ports[i % len(ports)], srcs[(i // len(ports)) % len(srcs)], c, sem)
-                           for i, c in enumerate(conns)))
+    lives = [asyncio.create_task(life(i, c)) for i, c in enumerate(conns)]
+    await all_open.wait()
     connected_s = time.monotonic() - t0
     print(f"connected {sum(1 for c in conns if not c.error)}", flush=True)
-    until = time.monotonic() + hold
-    await asyncio.gather(*(talk(c, interval, until) for c in conns))
+    stop.until = time.monotonic() + hold
+    await asyncio.gather(*lives)
     print("closing", flush=True)
     t1 = time.monotonic()
     await asyncio.gather(*(close(c) for c in conns))
