@@ -145,6 +145,7 @@ class Offloader:
         self.reconciles = 0
         self.post = post
         self._held: dict[int, _Held] = {}
+        self._release_due = False  # a held flow changed since the last look (set under the flowtable's lock)
         self.ft.listeners.append(self._flow_event)
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -279,7 +280,7 @@ class Offloader:
     def fast_forward(self, in_port: int, frame: bytes) -> bool:
         """The software fast path for a punted frame; False when the slow path must take it. True also
         when the frame is held back for a closing flow (see :meth:`_hold_event`)."""
-        if self._held:
+        if self._held and (self._release_due or self._oldest_hold_expired()):
             self._release_ready()
         res = self.fast.forward(frame, in_port)
         if res is None:
@@ -306,8 +307,18 @@ class Offloader:
         if event == "closing":
             if flow.id not in self._held and (flow.hw_installed or flow.flags & FlowFlag.HW_PENDING):
                 self._held[flow.id] = _Held(flow, self.clock())
-        elif event in ("hw_removed", "teardown", "removed") and flow.id in self._held and self.post is not None:
-            self.post(self._release_ready)
+        elif flow.id in self._held:
+            # any change to a held flow (entries deleted, add failed, entries found lost, torn down) may
+            # make it ready: the next packet or a posted call looks
+            self._release_due = True
+            if event in ("hw_removed", "hw_failed", "hw_lost", "teardown", "removed") and self.post is not None:
+                self.post(self._release_ready)
+
+    def _oldest_hold_expired(self) -> bool:
+        """Whether the flow held longest has waited :attr:`HOLD_MAX_NS` (holds are kept in the order they
+        began, so only the first needs a look: the per-packet check costs O(1) however many are held)."""
+        first = next(iter(self._held.values()), None)
+        return first is not None and self.clock() - first.since_ns >= self.HOLD_MAX_NS
 
     def _hold(self, in_port: int, frame: bytes) -> bool:
         """Keep ``frame`` back if it belongs to a flow whose packets are held (order kept)."""
@@ -334,6 +345,7 @@ class Offloader:
         to the slow path, in the order they came."""
         now = self.clock()
         with self.ft.lock:
+            self._release_due = False  # set again (under this lock) by whatever completes after this scan
             ready = [h for h in self._held.values()
                      if not (h.flow.hw_installed or h.flow.flags & FlowFlag.HW_PENDING)
                      or h.flow.flags & FlowFlag.TEARDOWN or now - h.since_ns >= self.HOLD_MAX_NS]

@@ -135,7 +135,7 @@ class Flow:
     id: int
     conn: ConnRef
     dirs: tuple[FlowDirection, FlowDirection]
-    flags: FlowFlag
+    flags: int  # FlowFlag bits
     timeout: int
     timeout_ns: int
     created: int
@@ -159,7 +159,7 @@ class Flow:
     def family(self) -> int:
         return self.dirs[0].tuple.family
 
-    def has(self, flag: FlowFlag) -> bool:
+    def has(self, flag: int) -> bool:
         return bool(self.flags & flag)
 
     @property
@@ -340,7 +340,7 @@ class FlowTable:
         """``flow_offload_alloc`` + ``flow_offload_add``."""
         now = self.clock()
         o, r = orig.tuple, reply.tuple
-        flags = F(0)
+        flags = 0
         if o.src != r.dst or o.sport != r.dport:
             flags |= F.SNAT
         if o.dst != r.src or o.dport != r.sport:

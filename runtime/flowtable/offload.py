@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .core import Flow, FlowTable, HwStats
-from .model import Dir, FlowFlag
+from .model import Dir, FlowFlag, FlowTuple
 from .p4map import Code, FlowUpdate, Op, PipelineCaps, Unsupported, UpdateResult, delete_for, entry_for, match_of
 from .reconcile import ReconcilePlan
 
@@ -76,6 +76,18 @@ def entry_key(table: str, match: Mapping[str, object]) -> EntryKey:
     return table.rsplit(".", 1)[-1], tuple(sorted(
         (k, int.from_bytes(v, "big") if isinstance(v, bytes) else int(v))  # type: ignore[call-overload]
         for k, v in match.items() if not isinstance(v, tuple)))
+
+
+def flow_key(t: FlowTuple, caps: PipelineCaps) -> EntryKey:
+    """:func:`entry_key` of the entry :func:`~.p4map.match_of` makes for ``t``, built without the
+    intermediate dict (the stats pass looks up both directions of every hardware flow each period)."""
+    table = caps.tables.get(t.family)
+    if table is None:
+        raise Unsupported(f"the program has no IPv{t.family} flow table")
+    # match_of's field names, sorted as entry_key sorts them
+    return table.rsplit(".", 1)[-1], (("dst_addr", int.from_bytes(t.dst, "big")), ("dst_port", t.dport),
+                                      ("in_port", t.in_port), ("proto", t.proto),
+                                      ("src_addr", int.from_bytes(t.src, "big")), ("src_port", t.sport))
 
 
 class StatsReader(Protocol):
@@ -522,8 +534,7 @@ class OffloadEngine:
             ft = self.ft
             for flow in flows:
                 if flow.hw_read_at < taken:
-                    self._take_counters(flow, [counters.get(entry_key(*match_of(d.tuple, self.caps)))
-                                               for d in flow.dirs], at)
+                    self._take_counters(flow, [counters.get(flow_key(d.tuple, self.caps)) for d in flow.dirs], at)
                 if not flow.flags & F.HW_OFFLOADED and flow.flags & F.HW_REFRESH and flow.retry_at <= ft.clock():
                     requeue.append(flow)
         return requeue

@@ -93,7 +93,30 @@ class P4RuntimeReader:
         self.caps = caps
 
     def read_tables(self, tables: Sequence[str]) -> dict[EntryKey, HwStats]:
-        return {entry_key(e.table, e.match): _stats(e) for table in tables for e in self._read_table(table)}
+        """Keyed straight from the answer's messages, without :meth:`TableEntry.decode` (actions, parameters,
+        names): at tens of thousands of entries per period, decoding them in full was most of the engine's
+        time. The keys equal :func:`entry_key` of the decoded entries (a test checks it)."""
+        p4info = self.client.p4info
+        assert p4info is not None
+        out: dict[EntryKey, HwStats] = {}
+        for table in tables:
+            info = p4info.table(table)
+            short = _short(info.name)
+            # the exact fields, sorted by name as entry_key sorts them
+            fields = sorted((f.name, f.id) for f in info.match_fields if f.match_type in ("EXACT", "OPTIONAL"))
+            te = p4runtime_pb2.TableEntry(table_id=info.id)
+            te.counter_data.SetInParent()
+            idle = table in self.caps.idle_timeout
+            if idle:
+                te.time_since_last_hit.SetInParent()
+            for ent in self.client.read([p4runtime_pb2.Entity(table_entry=te)]):
+                e = ent.table_entry
+                vals = {m.field_id: m.exact.value or m.optional.value for m in e.match}
+                key = (short, tuple((name, int.from_bytes(vals[fid], "big")) for name, fid in fields if fid in vals))
+                cd = e.counter_data
+                since = e.time_since_last_hit.elapsed_ns if idle and e.HasField("time_since_last_hit") else None
+                out[key] = HwStats(cd.packet_count, cd.byte_count, since)
+        return out
 
     def read_stats(self, entries: Sequence[EntryRef]) -> list[HwStats | None]:
         if not entries:

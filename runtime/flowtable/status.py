@@ -17,7 +17,7 @@ from typing import Any
 
 from ..actions import format_actions, statements_of
 from .core import Flow, FlowTable
-from .model import NS, PROTO_NAMES, FlowFlag
+from .model import NS, PROTO_NAMES, FlowFlag, flag_names
 
 F = FlowFlag
 
@@ -109,7 +109,7 @@ def flow_record(flow: Flow, now: int) -> FlowRecord:
         tag = "[HW_OFFLOAD]"
     else:
         tag = "[OFFLOAD]"
-    flags = tuple(f.name or "" for f in F if flow.flags & f)
+    flags = flag_names(flow.flags)
     return FlowRecord(id=flow.id, proto=PROTO_NAMES.get(flow.proto, str(flow.proto)), protonum=flow.proto,
                       state=flow.state, tag=tag, timeout_s=max(0, (flow.timeout - now) // NS), flags=flags,
                       orig=_direction(flow, 0), reply=_direction(flow, 1), last_error=flow.last_error)

@@ -37,11 +37,11 @@ class TracedFlow(Flow):
     writes: list[Write] = []
 
     @property  # type: ignore[override]
-    def flags(self) -> FlowFlag:
+    def flags(self) -> int:
         return _flags_slot.__get__(self)  # type: ignore[no-any-return]
 
     @flags.setter
-    def flags(self, value: FlowFlag) -> None:
+    def flags(self, value: int) -> None:
         try:
             old = _flags_slot.__get__(self)
         except AttributeError:  # __init__

@@ -14,7 +14,7 @@ from ftutil import FakeClock, FakeConn, FakeSwitch, directions, make_table, nat_
 from runtime.actions import Count, DecTtl, Output, SetDscp, SetEthDst, SetEthSrc, SetVlan, flatten
 from runtime.flowtable.core import Flow, FlowTable
 from runtime.flowtable.model import FlowFlag, FlowTuple
-from runtime.flowtable.offload import OffloadEngine
+from runtime.flowtable.offload import OffloadEngine, entry_key, flow_key
 from runtime.flowtable.p4map import (
     FlowUpdate,
     Op,
@@ -24,6 +24,7 @@ from runtime.flowtable.p4map import (
     caps_from_p4info,
     decode_entry,
     entry_for,
+    match_of,
 )
 from runtime.flowtable.reconcile import EntryPair, plan_reconcile
 from runtime.flowtable.status import FlowRecord, StatsRecord, format_flows, format_stats, snapshot_flows, snapshot_stats
@@ -283,3 +284,13 @@ def test_status_snapshots_and_text() -> None:
 def test_delete_update_shape() -> None:
     u = FlowUpdate(Op.INSERT, "flow_v4", {"in_port": 1}, "offload", {"port": 2}, 5)
     assert u.with_op(Op.DELETE) == FlowUpdate(Op.DELETE, "flow_v4", {"in_port": 1})
+
+
+@pytest.mark.parametrize("t", [
+    FlowTuple(1, bytes([10, 0, 1, 10]), bytes([192, 0, 2, 20]), 6, 40000, 80),
+    FlowTuple(4, bytes(4), bytes([255] * 4), 17, 0, 65535),
+    FlowTuple(2, bytes.fromhex("20010db8000000000000000000000001"), bytes(16), 6, 1, 443),
+])
+def test_flow_key_is_the_entry_key_of_the_flows_match(t: FlowTuple, default_caps: PipelineCaps) -> None:
+    """The stats pass looks flows up by flow_key; the bulk read keys entries by entry_key: they must agree."""
+    assert flow_key(t, default_caps) == entry_key(*match_of(t, default_caps))

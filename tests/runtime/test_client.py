@@ -3,6 +3,7 @@ reads with counters, arbitration, packet-in with decoded reason, reconnection af
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -16,6 +17,10 @@ from offloadgen.switchproc import SwitchProcess, SwitchSpec, free_grpc_addr
 from runtime.client import StreamHandlers, SwitchClient
 from runtime.entities import PacketIn, TableEntry
 from runtime.errors import P4RuntimeError
+from runtime.flowtable.model import FlowTuple
+from runtime.flowtable.offload import entry_key, flow_key
+from runtime.flowtable.p4map import caps_from_p4info
+from runtime.flowtable.p4rt import P4RuntimeReader
 from runtime.pipeline import Pipeline, load_build
 
 pytestmark = [pytest.mark.root]
@@ -63,6 +68,28 @@ def test_pipeline_writes_reads_and_errors(switch: tuple[SwitchProcess, Pipeline]
     # a new controller process finds the pipeline there and does not push it again
     with SwitchClient(sw.grpc_addr) as c2:
         assert c2.set_pipeline(pipeline) is False
+
+
+def test_bulk_counter_read_matches_decoded_entries(switch: tuple[SwitchProcess, Pipeline]) -> None:
+    """The flowtable's stats-period read keys the switch's answer without decoding whole entries: its keys and
+    counters must be what decoding them in full gives, and each flow's own key must find its entry."""
+    sw, pipeline = switch
+    caps = caps_from_p4info(pipeline.p4info.message)
+    with SwitchClient(sw.grpc_addr, p4info=pipeline.p4info) as c:
+        c.set_pipeline(pipeline)
+        c.insert([dataclasses.replace(entry(port, sport), idle_timeout_ns=10 * 10**9)
+                  for port in (1, 2) for sport in (0, 1, 80, 65535)])
+        got = P4RuntimeReader(c, caps).read_tables(sorted(set(caps.tables.values())))
+        decoded = c.read_table("flow_v4", counters=True)
+    want = {entry_key(e.table, e.match): (e.counter.packets if e.counter else 0, e.counter.bytes if e.counter else 0)
+            for e in decoded}
+    assert len(want) == 8
+    assert {k: (v.packets, v.bytes) for k, v in got.items()} == want
+    # time_since_last_hit is asked for on a table with idle timeouts and taken when the switch gives it
+    assert all(v.since_last_hit_ns is None or v.since_last_hit_ns >= 0 for v in got.values())
+    for port in (1, 2):
+        t = FlowTuple(port, bytes([10, 0, 1, 10]), bytes([192, 0, 2, 20]), 6, 80, 80)
+        assert flow_key(t, caps) in got
 
 
 @pytest.mark.parametrize("kind", KINDS)
