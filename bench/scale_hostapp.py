@@ -60,7 +60,7 @@ async def server(addr: str, ports: list[int]) -> None:
 
 
 class Conn:
-    __slots__ = ("connect_s", "echoed", "error", "max_stall", "reader", "sent", "writer")
+    __slots__ = ("connect_s", "echoed", "error", "max_stall", "reader", "sent", "stall_at", "writer")
 
     def __init__(self) -> None:
         self.max_stall = 0.0
@@ -68,6 +68,7 @@ class Conn:
         self.echoed = 0
         self.error = ""
         self.connect_s = 0.0
+        self.stall_at = 0.0  # when the longest stall began (time.monotonic())
 
 
 async def open_one(dst: str, port: int, src: str, c: Conn, sem: asyncio.Semaphore) -> None:
@@ -109,11 +110,13 @@ async def talk(c: Conn, interval: float, hold: Hold) -> None:
                 c.error = "echo differs"
                 return
             c.echoed += 1
-            c.max_stall = max(c.max_stall, time.monotonic() - t0)
+            if time.monotonic() - t0 > c.max_stall:
+                c.max_stall, c.stall_at = time.monotonic() - t0, t0
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
     except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
         c.error = f"talk: {exc!r}"
-        c.max_stall = max(c.max_stall, time.monotonic() - t0)
+        if time.monotonic() - t0 > c.max_stall:
+            c.max_stall, c.stall_at = time.monotonic() - t0, t0
 
 
 async def close(c: Conn) -> None:
@@ -163,7 +166,9 @@ async def client(dst: str, ports: list[int], srcs: list[str], n: int, interval: 
            "sent": sum(c.sent for c in conns), "echoed": sum(c.echoed for c in conns),
            "stalled_over_1s": sum(1 for s in stalls if s > 1.0), "max_stall_s": stalls[-1] if stalls else 0.0,
            "p99_stall_s": stalls[int(len(stalls) * 0.99)] if stalls else 0.0,
-           "errors": len(errors), "error_samples": errors[:5]}
+           "errors": len(errors), "error_samples": errors[:5],
+           # when each stall over 1 s began, in seconds since the first connect (before or after "connected")
+           "stalls_over_1s_began_s": sorted(round(c.stall_at - t0, 1) for c in conns if c.max_stall > 1.0)}
     with open(out, "w") as f:
         json.dump(res, f)
     print("done", flush=True)

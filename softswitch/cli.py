@@ -24,8 +24,16 @@ from pathlib import Path
 from typing import NoReturn
 
 from softswitch.p4runtime.schema import P4RuntimeError
-from softswitch.ports import Port, PortError, TxBatching, open_port, parse_port_spec
-from softswitch.server import DEFAULT_MAX_STREAMS, TRACE, ServerStartError, SoftSwitch, TlsOptions, serve
+from softswitch.ports import Port, PortError, TxBatching, open_port, parse_port_spec, port_summary
+from softswitch.server import (
+    DEFAULT_MAX_STREAMS,
+    PACKET_IN_QUEUE,
+    TRACE,
+    ServerStartError,
+    SoftSwitch,
+    TlsOptions,
+    serve,
+)
 
 log = logging.getLogger("softswitch")
 
@@ -241,6 +249,9 @@ def run(argv: list[str]) -> int:
         switch.stop()
         for port in raw_ports:
             port.close()
+            log.info("%s", port_summary(port))
+        log.info("packet-ins: %d sent to the primary, %d dropped (no primary, or its stream %d deep)",
+                 switch.packet_ins, switch.packet_ins_dropped, PACKET_IN_QUEUE)
     return 0
 
 

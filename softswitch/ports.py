@@ -142,6 +142,25 @@ def restore_frame(data: bytes, status: int, tci: int, tpid: int) -> bytes:
     return data
 
 
+def kernel_drops(sock: socket.socket | None) -> int:
+    """Frames the kernel dropped for this socket since the last call (its receive buffer or ring was full:
+    the port's thread did not keep up). ``PACKET_STATISTICS`` resets on read, so callers add the result up."""
+    if sock is None:
+        return 0
+    try:
+        raw = sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)  # tpacket_stats(_v3): packets, drops[, freezes]
+    except OSError:
+        return 0
+    return int(struct.unpack_from("=II", raw)[1]) if len(raw) >= 8 else 0
+
+
+def port_summary(port: Port) -> str:
+    """One line for the log when the switch stops: what the port carried and what was lost where."""
+    return (f"port {port.number} ({port.iface}, {port.io}): received {port.rx_packets}, sent {port.tx_packets}, "
+            f"dropped by the kernel (receive {'ring' if port.io == 'ring' else 'buffer'} full) {port.kernel_dropped}, "
+            f"oversize {port.dropped_oversize}, transmit dropped {getattr(port, 'tx_dropped', 0)}")
+
+
 class RawPort:
     """P4 port `number` on Linux interface `iface` through one plain AF_PACKET socket (one system call per
     frame). `on_frame(number, frame)` runs on the port's reader thread."""
@@ -154,6 +173,7 @@ class RawPort:
         self.rx_packets = 0
         self.tx_packets = 0
         self.dropped_oversize = 0
+        self.kernel_dropped = 0
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -239,6 +259,7 @@ class RawPort:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2)
         if self._sock is not None:
+            self.kernel_dropped += kernel_drops(self._sock)
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
@@ -263,6 +284,7 @@ PACKET_RX_RING = 5
 PACKET_VERSION = 10
 PACKET_TX_RING = 13
 PACKET_LOSS = 14
+PACKET_STATISTICS = 6
 PACKET_IGNORE_OUTGOING = 23
 TPACKET_V2 = 1
 TPACKET_V3 = 2
@@ -304,6 +326,7 @@ class Port(Protocol):
     rx_packets: int
     tx_packets: int
     dropped_oversize: int
+    kernel_dropped: int  # counted up to the last close
 
     def open(self) -> Port: ...
 
@@ -382,6 +405,7 @@ class RingPort:
         self.tx_packets = 0
         self.tx_dropped = 0
         self.dropped_oversize = 0
+        self.kernel_dropped = 0
         self._max_frame = 0
         self._rx: socket.socket | None = None
         self._tx: socket.socket | None = None
@@ -588,6 +612,7 @@ class RingPort:
         with self._tx_lock:
             rx, tx = self._rx, self._tx
             self._rx = self._tx = None
+            self.kernel_dropped += kernel_drops(rx)
             self._release(rx, tx)
 
 

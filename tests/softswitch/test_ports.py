@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from softswitch.ports import (
     fix_partial_checksum,
     open_port,
     parse_port_spec,
+    port_summary,
 )
 
 
@@ -323,3 +325,41 @@ def test_ring_port_survives_its_interface_going_down_and_up(veth: tuple[str, str
             assert "Network is down" in caplog.text
     finally:
         port.close()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("io", ["ring", "plain"])
+def test_frames_the_kernel_drops_for_a_stalled_port_are_counted(veth: tuple[str, str], io: str) -> None:
+    """A port whose thread cannot keep up loses frames in the kernel (ring or socket buffer full); the switch
+    says how many when it stops, so a user can tell them from drops in the P4 program. Every frame sent is
+    either received or counted as dropped."""
+    host, sw = veth
+    release = threading.Event()
+    seen = 0
+
+    def slow(n: int, frame: bytes) -> None:
+        nonlocal seen
+        if b"stall" in frame:
+            seen += 1
+            release.wait(10)
+
+    port = open_port(3, sw, slow, io=io, rings=RingSizes(block_size=4096, block_nr=2))  # type: ignore[arg-type]
+    if io == "plain":
+        assert port._sock is not None  # type: ignore[attr-defined]
+        port._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # type: ignore[attr-defined]
+    port.start()
+    n = 3000
+    try:
+        with _raw(host) as h:
+            for i in range(n):
+                h.send(_frame(b"stall" + i.to_bytes(4, "big") + b"." * 40))
+        time.sleep(0.3)
+        release.set()
+        time.sleep(0.5)
+    finally:
+        port.close()
+    assert port.io == io
+    assert port.kernel_dropped > 0
+    assert seen + port.kernel_dropped == n, (seen, port.kernel_dropped)
+    assert f"dropped by the kernel (receive {'ring' if io == 'ring' else 'buffer'} full) {port.kernel_dropped}" \
+        in port_summary(port)
