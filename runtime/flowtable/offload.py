@@ -257,23 +257,37 @@ class OffloadEngine:
 
     # -------------------------------------------------------------------------------------- the worker
 
+    #: Stats work items answered per hold of the flowtable's lock (all of them against the same read).
+    STATS_CHUNK = 1024
+
     def run_once(self) -> int:
-        """Drain up to one batch from each queue: deletes first (they free table space for the adds), then
-        adds, then stats reads, then orphan deletes. Returns the number of work items handled. While paused
-        only the stats reads are done."""
+        """Drain up to one batch from the add and delete queues and the whole stats queue: deletes first
+        (they free table space for the adds), then adds, then stats, then orphan deletes. Returns the number
+        of work items handled. While paused only the stats are done.
+
+        The stats queue is drained whole because its items cost no switch I/O of their own: they are
+        answered from one bulk read. Taken a batch at a time, a GC run between two batches made the next
+        one read the tables again, so at 30,000 flows a period's stats took dozens of whole-table reads,
+        fell behind, and busy flows expired. They are answered in chunks so the lock is released between
+        them (the worker's fast path needs it)."""
         writable = self._writable.is_set()
         with self.lock:
             dels = self._pop(self._del_q) if writable else []
             adds = self._pop(self._add_q) if writable else []
-            stats = self._pop(self._stats_q)
-        for kind, flows in ((Work.DEL, dels), (Work.ADD, adds), (Work.STATS, stats)):
+            stats = list(self._stats_q)
+            self._stats_q.clear()
+        for kind, flows in ((Work.DEL, dels), (Work.ADD, adds)):
             if flows:
                 self._work_handler(kind, flows)
+        if stats:
+            read = self._bulk_read()
+            for i in range(0, len(stats), self.STATS_CHUNK):
+                self._work_handler(Work.STATS, stats[i:i + self.STATS_CHUNK], read_ok=read)
         if writable:
             self._work_orphans()
         return len(dels) + len(adds) + len(stats)
 
-    def _work_handler(self, kind: Work, flows: list[Flow]) -> None:
+    def _work_handler(self, kind: Work, flows: list[Flow], *, read_ok: bool = True) -> None:
         """``flow_offload_work_handler`` for a batch of one kind: do the work, then clear each flow's
         ``HW_PENDING`` -- the one place it is cleared, whatever the outcome (even an exception) -- and let
         the GC look at the flow again. A stats read that found the entries gone queues the add after that,
@@ -285,7 +299,7 @@ class OffloadEngine:
             elif kind is Work.DEL:
                 self._work_del(flows)
             else:
-                requeue = self._work_stats(flows)
+                requeue = self._work_stats(flows, read_ok)
         finally:
             with self.lock:
                 now = self.ft.clock()
@@ -506,7 +520,7 @@ class OffloadEngine:
             self.ft.counters.hw_stats_passes += 1
         return True
 
-    def _work_stats(self, flows: list[Flow]) -> list[Flow]:
+    def _work_stats(self, flows: list[Flow], read_ok: bool) -> list[Flow]:
         """``flow_offload_work_stats``, answered from the stats period's bulk read (:meth:`_bulk_read`), so
         the switch is read once per period however many flows the GC asks about. Returns the flows whose
         entries turned out missing and whose add may be queued again now.
@@ -525,8 +539,9 @@ class OffloadEngine:
         TTL in 32-bit arithmetic (``ms * 1000 * 1000``), so for idle timeouts above 2^32 ns (~4.29 s) it
         reports the true value plus a multiple of ~4.29 s (about 25.8 s too much for a 30 s timeout) and a
         busy flow would look idle and expire counted from its last refresh, not from its last packet.
+        ``read_ok`` says whether the caller's :meth:`_bulk_read` for this drain gave a current read.
         """
-        if not self._bulk_read():
+        if not read_ok:
             return []
         requeue: list[Flow] = []
         counters, taken, at = self._counters, self._counters_from, self._counters_at

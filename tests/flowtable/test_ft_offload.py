@@ -430,3 +430,30 @@ def test_a_slow_bulk_read_is_not_repeated_before_as_long_again_has_passed() -> N
         clock.advance(1)
     assert passes == [1, 1, 1, 2, 2, 2, 3, 3], "a read at most every 3 s after the last ended"
     assert flow.hw_offloaded and ft.counters.hw_entries_lost == 0
+
+
+def test_a_period_of_stats_for_thousands_of_flows_takes_one_read() -> None:
+    """Every flow the GC asks about in a period is answered from one whole-table read, however many there
+    are (here 20x the engine's batch), with the counters each flow had; none of them looks idle. Drained a
+    batch at a time, a GC run in between made each batch read the tables again and the queue fell behind."""
+    clock = FakeClock()
+    ft, eng, sw = make_table(clock)
+    flows = []
+    for i in range(eng.batch_size * 20):
+        _, flow = offer(ft, sport=20000 + i)
+        assert isinstance(flow, Flow)
+        flows.append(flow)
+    while eng.run_once():
+        pass
+    assert all(f.hw_offloaded for f in flows)
+    before = [f.timeout for f in flows]
+    clock.advance(4)  # every flow is now in the last 90 % of its timeout: the GC asks for all of them
+    for f in flows:
+        sw.hit(f.dirs[0].tuple, packets=2, nbytes=200)
+    ft.gc()
+    assert eng.depths().wq_stats == len(flows)
+    reads = len(sw.table_reads)
+    eng.run_once()
+    assert len(sw.table_reads) == reads + 1 and eng.depths().wq_stats == 0
+    assert all(f.hw_packets[0] == 2 and not f.flags & F.HW_PENDING for f in flows)
+    assert all(f.timeout > deadline for f, deadline in zip(flows, before, strict=True))  # traffic moved them on
