@@ -81,6 +81,12 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of proc(5))
 
 
+def machine_ticks() -> int:
+    """Busy clock ticks of all CPUs together (the first line of /proc/stat, less idle and iowait)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(v[:8]) - v[3] - v[4]
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -205,6 +211,7 @@ def run_one(kind: str, n: int, build_dir: Path, tmp: Path, profile: Path | None 
                                        ",".join(SRCS), str(k), str(INTERVAL_S), str(hold), str(out),
                                        stdout=subprocess.PIPE))
             t0 = time.monotonic()
+            ramp0 = (machine_ticks(), cpu_ticks(ctl.pid), cpu_ticks(sw.proc.pid))
             # Until every connection is [HW_OFFLOAD], or the switch has acknowledged N flows' entries (when
             # flows expire during the ramp all N are never up at once), or 100 connections/s would be done.
             limit = max(60.0, n / 100)
@@ -218,6 +225,12 @@ def run_one(kind: str, n: int, build_dir: Path, tmp: Path, profile: Path | None 
                     break
                 time.sleep(0.5)
             res["time_to_all_hw_offload_s"] = all_hw
+            # Where the CPU went while connections were being opened: the whole machine (all cores, 100 % = one
+            # core, as for the processes), the controller and the switch; the rest is the hosts and the kernel.
+            ramp_s = time.monotonic() - t0
+            ramp1 = (machine_ticks(), cpu_ticks(ctl.pid), cpu_ticks(sw.proc.pid))
+            res["ramp_cpu_pct"] = {name: round(100 * (b1 - b0) / HZ / ramp_s, 1) for name, b0, b1 in
+                                   zip(("machine_busy", "controller", "switch"), ramp0, ramp1, strict=True)}
             res["hw_offload_per_s"] = round(n / all_hw, 1) if all_hw else None
             # When flows expire while others are still being added, all N are never [HW_OFFLOAD] at once;
             # then the time until N pairs had been acknowledged by the switch (re-adds included) is the rate.
@@ -276,6 +289,12 @@ def run_one(kind: str, n: int, build_dir: Path, tmp: Path, profile: Path | None 
                 if p.poll() is None:
                     p.kill()
                     p.wait()
+    # The switch has stopped: softswitch's last lines say what each port lost in the kernel and how many
+    # packet-ins it dropped (BMv2 logs no such summary).
+    swlog = tmp / "switch.log"
+    if swlog.exists():
+        res["switch_summary"] = [line.split(": ", 1)[-1] for line in swlog.read_text(errors="replace").splitlines()
+                                 if "dropped by the kernel" in line or "packet-ins:" in line]
     return res
 
 

@@ -351,3 +351,41 @@ def test_offloaded_connection_timeout_is_a_day_then_its_state_timeout_again() ->
     clock.advance(10)
     ct.fixup(c)  # the flow's teardown after the close timeout must not restart TIME_WAIT
     assert (c.timeout_ns - clock.now) // NS == 110
+
+
+def test_gc_expires_each_connection_on_time_through_refreshes_closes_and_offload() -> None:
+    """10,000 UDP connections with deadlines spread over 30 s, some refreshed (later), some closed earlier
+    (a TCP RST moves the deadline to 10 s) and some offloaded (a day): each GC run destroys exactly the
+    connections whose deadline passed, within the second, as the full scan it replaced did."""
+    clock = Clock()
+    ct = Conntrack(clock)
+    conns = []
+    for i in range(10_000):
+        c = ct.new(CtTuple.make("10.0.1.10", "192.0.2.20", "udp", 1024 + i, 53))
+        ct.packet(c, O, length=40)  # unreplied: 30 s
+        assert ct.confirm(c)
+        conns.append(c)
+        if i % 100 == 99:
+            clock.advance(0.3)  # creation spread over 30 s
+    tcp = ct.new(T)
+    for d, f in ((O, SYN), (R, SYN | ACK), (O, ACK)):
+        ct.packet(tcp, d, length=52, tcp_flags=f)
+        ct.confirm(tcp)
+    refreshed, offloaded = conns[:50], conns[50:60]
+    for c in refreshed:
+        ct.packet(c, O, length=40)  # a later deadline: stays filed where it was, moved on when visited
+    for c in offloaded:
+        ct.set_offload(c)
+    ct.packet(tcp, R, length=52, tcp_flags=RST)  # 5 days -> 10 s: filed again, earlier
+    gone: dict[int, int] = {}
+    for _ in range(80):
+        clock.advance(1)
+        for c in ct.gc():
+            gone[c.id] = clock.now
+    for c in [*conns, tcp]:
+        if c in offloaded:
+            assert c.id not in gone and c.timeout_ns > clock.now
+            continue
+        assert c.id in gone, c
+        assert c.timeout_ns <= gone[c.id] < c.timeout_ns + 2 * NS  # on the first run after its deadline
+    assert len(ct) == len(offloaded)
