@@ -105,7 +105,9 @@ async def talk(c: Conn, interval: float, hold: Hold) -> None:
             t0 = time.monotonic()
             c.writer.write(msg)
             c.sent += 1
-            got = await asyncio.wait_for(c.reader.readexactly(MSG), 120)
+            # an echo may take until 30 s past the hold's end (120 s while the hold's end is not known yet)
+            wait = 120.0 if hold.until == float("inf") else max(1.0, hold.until - t0 + 30)
+            got = await asyncio.wait_for(c.reader.readexactly(MSG), wait)
             if got != msg:
                 c.error = "echo differs"
                 return

@@ -93,11 +93,20 @@ class TlsConfig:
 # BMv2 answers a whole-table read in one ReadResponse: 65,536 flow entries with counters are ~7.3 MB, over
 # gRPC's 4 MiB default, so a controller reading a full table must accept larger messages.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# A Write with a failed update answers one p4.v1.Error per update (OK ones too) in the status trailer: ~40
+# bytes each without a message, so past ~200 updates the trailer exceeds gRPC's default 8 KB metadata limit
+# and the client sees RESOURCE_EXHAUSTED ("received metadata size exceeds limit") for the whole batch and
+# none of the per-update statuses -- the batch's outcome becomes unknown. Seen at 30,000 connections: orphan
+# deletes answering NOT_FOUND were retried forever and the shutdown flush failed. 1,000 updates with
+# messages (the client's batch) need ~0.5 MB; room for the largest table read back as errors.
+MAX_METADATA_BYTES = 16 * 1024 * 1024
 
 
 def open_channel(address: str, tls: TlsConfig | None) -> grpc.Channel:
     options: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+                                            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                                            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES)]
     if tls is None:
         return grpc.insecure_channel(address, options=options)
     return grpc.secure_channel(address, tls.credentials(), options=options + tls.channel_options())

@@ -70,6 +70,21 @@ def test_pipeline_writes_reads_and_errors(switch: tuple[SwitchProcess, Pipeline]
         assert c2.set_pipeline(pipeline) is False
 
 
+def test_every_update_of_a_large_failed_write_gets_its_own_status(switch: tuple[SwitchProcess, Pipeline]) -> None:
+    """1,000 deletes of entries that are not there, in one Write: the answer carries 1,000 statuses (~40 KB of
+    trailer, over gRPC's default 8 KB metadata limit). The client must get each update's NOT_FOUND, not a
+    RESOURCE_EXHAUSTED for the whole batch, whose outcome would then be unknown."""
+    sw, pipeline = switch
+    with SwitchClient(sw.grpc_addr, p4info=pipeline.p4info) as c:
+        c.set_pipeline(pipeline)
+        c.insert([entry(1, 7)])
+        with pytest.raises(P4RuntimeError) as info:
+            c.delete([entry(1, 7)] + [entry(2, sport) for sport in range(999)])
+        assert info.value.codes == {"NOT_FOUND"}
+        assert [e.index for e in info.value.errors] == list(range(1, 1000))
+        assert c.read_table("flow_v4") == []
+
+
 def test_bulk_counter_read_matches_decoded_entries(switch: tuple[SwitchProcess, Pipeline]) -> None:
     """The flowtable's stats-period read keys the switch's answer without decoding whole entries: its keys and
     counters must be what decoding them in full gives, and each flow's own key must find its entry."""
