@@ -102,14 +102,24 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 MAX_METADATA_BYTES = 16 * 1024 * 1024
 
 
+CHANNEL_OPTIONS: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                                                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES)]
+
+
 def open_channel(address: str, tls: TlsConfig | None) -> grpc.Channel:
-    options: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
-                                            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES)]
+    """The blocking channel for unary calls (Write, Read, pipeline)."""
     if tls is None:
-        return grpc.insecure_channel(address, options=options)
-    return grpc.secure_channel(address, tls.credentials(), options=options + tls.channel_options())
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(address, tls.credentials(), options=CHANNEL_OPTIONS + tls.channel_options())
+
+
+def open_aio_channel(address: str, tls: TlsConfig | None) -> grpc.aio.Channel:
+    """The asyncio channel for the StreamChannel (made inside the stream thread's event loop)."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, tls.credentials(), options=CHANNEL_OPTIONS + tls.channel_options())
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -247,11 +247,14 @@ def run(argv: list[str]) -> int:
         if server is not None:
             server.stop(grace=0.5).wait(2)
         switch.stop()
+        # Losses are problems (WARNING: shown even without a log option, as BMv2 shows errors); the rest is INFO.
         for port in raw_ports:
             port.close()
-            log.info("%s", port_summary(port))
-        log.info("packet-ins: %d sent to the primary, %d dropped (no primary, or its stream %d deep)",
-                 switch.packet_ins, switch.packet_ins_dropped, PACKET_IN_QUEUE)
+            lost = port.kernel_dropped or port.dropped_oversize or getattr(port, "tx_dropped", 0)
+            log.log(logging.WARNING if lost else logging.INFO, "%s", port_summary(port))
+        log.log(logging.WARNING if switch.packet_ins_dropped else logging.INFO,
+                "packet-ins: %d sent to the primary, %d dropped (no primary, or its stream %d deep)",
+                switch.packet_ins, switch.packet_ins_dropped, PACKET_IN_QUEUE)
     return 0
 
 
