@@ -1,12 +1,12 @@
 """Thousands of TCP connections from one process, for bench_flowtable_scale.py (run inside a host namespace).
 
     server ADDR PORT[,PORT...]             echo every byte back; print "ready" once listening
-    client DST PORT[,PORT...] SRC[,SRC...] N INTERVAL HOLD OUT.json
+    client DST PORT[,PORT...] SRC[,SRC...] N INTERVAL HOLD OUT.json [CONCURRENT]
     udpsink ADDR PORT SECONDS              count datagrams for SECONDS after the first; answer "ping"s
     udpblast DST PORT RATE SECONDS         a "ping" until answered, then RATE datagrams/s for SECONDS
 
 The client opens N connections (round robin over the source addresses and server ports, at most CONCURRENT
-handshakes at a time). Each connection starts talking as soon as it is up: 16 bytes every INTERVAL seconds
+handshakes at a time, default 512). Each connection starts talking as soon as it is up: 16 bytes every INTERVAL seconds
 (each at its own phase), checking the echo, so no connection is ever idle longer than INTERVAL, not even
 while the others are still being opened (with a flow timeout above INTERVAL, any expiry is a false one).
 A stall is the time from a send to its echo; the longest per connection is kept. Once all are up it prints
@@ -134,9 +134,9 @@ async def close(c: Conn) -> None:
 
 
 async def client(dst: str, ports: list[int], srcs: list[str], n: int, interval: float, hold: float,
-                 out: str) -> None:
+                 out: str, concurrent: int = CONCURRENT) -> None:
     raise_nofile(n)
-    sem = asyncio.Semaphore(CONCURRENT)
+    sem = asyncio.Semaphore(concurrent)
     conns = [Conn() for _ in range(n)]
     stop = Hold()
     opened = 0
@@ -238,9 +238,9 @@ def main() -> None:
     if sys.argv[1] == "server":
         asyncio.run(server(sys.argv[2], [int(p) for p in sys.argv[3].split(",")]))
     else:
-        _, _, dst, ports, srcs, n, interval, hold, out = sys.argv
+        _, _, dst, ports, srcs, n, interval, hold, out, *rest = sys.argv
         asyncio.run(client(dst, [int(p) for p in ports.split(",")], srcs.split(","), int(n), float(interval),
-                           float(hold), out))
+                           float(hold), out, int(rest[0]) if rest else CONCURRENT))
 
 
 if __name__ == "__main__":
