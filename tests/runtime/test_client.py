@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from p4.v1 import p4runtime_pb2
 
 from offloadgen.netlab import Netlab
 from offloadgen.switchproc import SwitchProcess, SwitchSpec, free_grpc_addr
@@ -153,3 +154,50 @@ def test_packet_in_and_reconnect(kind: str, build_dir: Path) -> None:
         finally:
             client.close()
             sw.stop()
+
+
+def test_stream_outbox_delivers_every_message_in_order_across_threads() -> None:
+    """Packet-outs are queued from the worker thread and sent from the stream's event loop, which is woken
+    only when it sleeps: bursts, single messages and pauses from several threads must all arrive, each
+    thread's in order, and the end marker must end the stream."""
+    import asyncio
+    import random
+
+    from runtime.client import _Outbox
+
+    got: list[tuple[int, int]] = []
+    started = threading.Event()
+
+    async def consume(outbox: _Outbox) -> None:
+        started.set()
+        async for msg in outbox.messages():
+            got.append((msg.arbitration.device_id, msg.arbitration.election_id.low))
+
+    loop = asyncio.new_event_loop()
+    outbox = _Outbox(loop)
+    runner = threading.Thread(target=lambda: loop.run_until_complete(consume(outbox)))
+    runner.start()
+    started.wait(5)
+
+    def produce(tid: int) -> None:
+        rnd = random.Random(tid)
+        for i in range(5000):
+            msg = p4runtime_pb2.StreamMessageRequest()
+            msg.arbitration.device_id = tid
+            msg.arbitration.election_id.low = i
+            outbox.put(msg)
+            if rnd.random() < 0.01:
+                time.sleep(rnd.random() / 1000)  # let the loop drain and go to sleep now and then
+
+    producers = [threading.Thread(target=produce, args=(tid,)) for tid in (1, 2, 3)]
+    for p in producers:
+        p.start()
+    for p in producers:
+        p.join()
+    outbox.put(None)
+    runner.join(10)
+    loop.close()
+    assert not runner.is_alive()
+    assert len(got) == 15000
+    for tid in (1, 2, 3):
+        assert [i for t, i in got if t == tid] == list(range(5000))
