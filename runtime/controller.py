@@ -24,7 +24,6 @@ to the flowtable.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import queue
@@ -113,7 +112,10 @@ class Controller:
         self.on_reconnect: list[Callable[[], None]] = []
         self.on_idle_timeout: list[Callable[[IdleTimeout], None]] = []
         self.on_tick: list[Callable[[], None]] = []
-        self._events: queue.Queue[_Event] = queue.Queue(maxsize=queue_size)
+        # A SimpleQueue (C, no Condition per put and get: the stream thread puts every packet-in) bounded by
+        # hand: past queue_size packet-ins are dropped and counted, as a NIC drops at a full ring.
+        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self.queue_size = queue_size
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._start_connects = 0
@@ -151,8 +153,7 @@ class Controller:
 
     def stop(self) -> None:
         self._stop.set()
-        with contextlib.suppress(queue.Full):
-            self._events.put_nowait(_Event("wake"))
+        self._events.put(_Event("wake"))
         if self._worker is not None:
             self._worker.join(timeout=10)
             self._worker = None
@@ -232,10 +233,10 @@ class Controller:
     # ------------------------------------------------------------------ stream callbacks (stream thread)
 
     def _put(self, ev: _Event) -> None:
-        try:
-            self._events.put_nowait(ev)
-        except queue.Full:
+        if ev.kind == "packet" and self._events.qsize() >= self.queue_size:
             self.dropped_events += 1
+            return
+        self._events.put(ev)
 
     def _on_packet_in(self, pin: PacketIn) -> None:
         self._put(_Event("packet", pin))

@@ -16,6 +16,7 @@ serialises the dataplane: packet processing, writes and reads take it in turn.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import heapq
@@ -909,18 +910,16 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"too many open StreamChannels (at most {self.max_streams}); close idle streams "
                                 "or raise --grpc-max-streams")
-        loop = asyncio.get_running_loop()
-        out: asyncio.Queue[Any] = asyncio.Queue()
+        out = _StreamOut(asyncio.get_running_loop())
 
         def send(msg: p4runtime_pb2.StreamMessageResponse | bytes) -> None:
             # Called from port readers, the idle scanner and arbitration: must not block. A slow client loses
             # packet-ins (the messages that come as bytes) beyond PACKET_IN_QUEUE, never arbitration or
             # idle-timeout messages.
-            if isinstance(msg, bytes) and out.qsize() >= PACKET_IN_QUEUE:
+            if isinstance(msg, bytes) and len(out) >= PACKET_IN_QUEUE:
                 self.sw.packet_ins_dropped += 1
                 return
-            with contextlib.suppress(RuntimeError):  # the loop is closed: the server is stopping
-                loop.call_soon_threadsafe(out.put_nowait, msg)
+            out.put(msg)
 
         conn = Connection(send=send, peer=context.peer())
         self.open_streams += 1
@@ -941,13 +940,13 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
             log.debug("stream %d closed", conn.id)
 
     async def _stream_reader(self, requests: AsyncIterator[p4runtime_pb2.StreamMessageRequest], conn: Connection,
-                             out: asyncio.Queue[Any]) -> None:
+                             out: _StreamOut) -> None:
         try:
             async for req in requests:
                 if isinstance(req, Undecodable):
                     err = req.error()
                     log.info("stream %d from %s: %s", conn.id, conn.peer, err.message)
-                    out.put_nowait(_Abort(err.code, err.message))
+                    out.put(_Abort(err.code, err.message))
                     return
                 kind = req.WhichOneof("update")
                 if kind == "arbitration":
@@ -955,14 +954,15 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
                         self.sw.arbitration.update(conn, req.arbitration)
                     except ArbitrationError as exc:
                         log.info("arbitration from %s refused: %s", conn.peer, exc.message)
-                        out.put_nowait(_Abort(exc.code, exc.message))
+                        out.put(_Abort(exc.code, exc.message))
                         return
                 elif kind == "packet":
                     if not self.sw.arbitration.is_primary(conn):
                         log.debug("packet-out from non-primary %s ignored", conn)
                         continue
-                    # on the pool: the dataplane lock may be held by a long Write batch
-                    err = await self._run(partial(self.sw.packet_out, req.packet))
+                    # on the loop when the switch lock is free at once (a hop to the pool and back per packet
+                    # cost more than the packet); on the pool when a long Write batch holds it
+                    err = await self._run_small(partial(self.sw.packet_out, req.packet))
                     if err is not None:
                         log.info("packet-out refused: %s", err.message)
                         conn.send(p4runtime_pb2.StreamMessageResponse(error=err))
@@ -974,7 +974,41 @@ class P4RuntimeService(p4runtime_pb2_grpc.P4RuntimeServicer):
             pass
         except Exception:
             log.exception("stream %d: reading requests failed", conn.id)
-        out.put_nowait(_END)
+        out.put(_END)
+
+
+class _StreamOut:
+    """What a StreamChannel sends, in order: put from any thread (port readers, the idle scanner, arbitration,
+    the stream's own reader) and taken by the stream's coroutine. The event loop is woken (a write to its
+    self-pipe and a loop iteration) only when the coroutine sleeps, not for every packet-in: at thousands of
+    packet-ins a second the per-packet wake-up was most of the loop thread's work."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._q: collections.deque[Any] = collections.deque()
+        self._wake = asyncio.Event()
+        self._sleeping = False
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def put(self, item: Any) -> None:
+        self._q.append(item)
+        if self._sleeping:
+            self._sleeping = False
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server is stopping
+                self.loop.call_soon_threadsafe(self._wake.set)
+
+    async def get(self) -> Any:
+        while not self._q:
+            # Say we sleep, then look again: a put() in between sees the flag and wakes us.
+            self._sleeping = True
+            if self._q:
+                self._sleeping = False
+                break
+            await self._wake.wait()
+            self._wake.clear()
+        return self._q.popleft()
 
 
 @dataclass(slots=True)
