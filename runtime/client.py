@@ -332,7 +332,9 @@ class SwitchClient:
         req = p4runtime_pb2.GetForwardingPipelineConfigRequest(
             device_id=self.device_id, response_type=p4runtime_pb2.GetForwardingPipelineConfigRequest.COOKIE_ONLY)
         try:
-            resp = self.stub.GetForwardingPipelineConfig(req, timeout=self.rpc_timeout)
+            # wait_for_ready: after a switch restart the stream (its own channel) may be back while this
+            # channel still waits out its reconnect backoff from the outage; this is called right then
+            resp = self.stub.GetForwardingPipelineConfig(req, timeout=self.rpc_timeout, wait_for_ready=True)
         except grpc.RpcError as exc:
             err = decode_rpc_error("GetForwardingPipelineConfig", exc)
             if err.code in ("FAILED_PRECONDITION", "NOT_FOUND"):
@@ -355,7 +357,7 @@ class SwitchClient:
         req.config.p4_device_config = pipeline.device_config
         req.config.cookie.cookie = pipeline.cookie
         try:
-            self.stub.SetForwardingPipelineConfig(req, timeout=max(self.rpc_timeout, 60))
+            self.stub.SetForwardingPipelineConfig(req, timeout=max(self.rpc_timeout, 60), wait_for_ready=True)
         except grpc.RpcError as exc:
             raise decode_rpc_error("SetForwardingPipelineConfig", exc) from None
         log.info("%s: pipeline pushed (%s, cookie %#x)", self.name, pipeline.target, pipeline.cookie)

@@ -121,6 +121,7 @@ class Controller:
         self._start_connects = 0
         self.dropped_events = 0
         self.tx_errors = 0
+        self._repush_pending = False  # the last re-push after a reconnection failed: the tick retries it
         self.tick_us = dict.fromkeys(("slowpath_tick_us_last", "slowpath_tick_us_max", "flowtable_gc_us_last",
                                       "flowtable_gc_us_max"), 0)
 
@@ -288,6 +289,8 @@ class Controller:
                 self._tick_times(t0, t1, time.perf_counter_ns())
                 for hook in self.on_tick:
                     self._guarded(hook)
+                if self._repush_pending and self.client.primary:
+                    self._guarded(self._reconnected)
 
     @staticmethod
     def _guarded(work: Callable[[], None]) -> None:
@@ -373,8 +376,12 @@ class Controller:
         try:
             self.client.set_pipeline(self.pipeline)
         except P4RuntimeError as exc:
-            log.error("re-pushing the pipeline after reconnection failed: %s", exc)
+            # Not given up on: the switch is there (it just arbitrated). The tick tries again each second
+            # while we are primary, so a transient failure cannot leave the switch without a pipeline.
+            log.error("re-pushing the pipeline after reconnection failed: %s; trying again in a second", exc)
+            self._repush_pending = True
             return
+        self._repush_pending = False
         log.info("primary on %s with the pipeline in place", self.client.address)
         self.offloader.reconcile()
         for hook in self.on_reconnect:

@@ -102,10 +102,18 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 MAX_METADATA_BYTES = 16 * 1024 * 1024
 
 
+# The stream and the unary calls use two channels (asyncio and blocking). After a switch restart each waits
+# out its own reconnect backoff (gRPC's default: 1 s, growing 1.6x to 120 s): kept short, so the unary
+# channel is back about when the stream is and the flowtable's writes resume at once.
+RECONNECT_BACKOFF_MS = (100, 1000)
+
 CHANNEL_OPTIONS: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                                                 ("grpc.max_metadata_size", MAX_METADATA_BYTES),
-                                                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES)]
+                                                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+                                                ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+                                                ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+                                                ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1])]
 
 
 def open_channel(address: str, tls: TlsConfig | None) -> grpc.Channel:

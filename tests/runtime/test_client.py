@@ -3,6 +3,7 @@ reads with counters, arbitration, packet-in with decoded reason, reconnection af
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
 import threading
@@ -151,6 +152,20 @@ def test_packet_in_and_reconnect(kind: str, build_dir: Path) -> None:
                 time.sleep(0.05)
             assert client.connect_count >= 2 and client.primary and connected[-1] is True
             assert client.set_pipeline(pipeline) is True  # a fresh switch has no pipeline
+            # Again, with unary calls failing during the outage (their channel then backs off before it
+            # tries again): the pipeline push made as soon as the stream is back must still go through.
+            sw.kill()
+            end = time.monotonic() + 2
+            while time.monotonic() < end:
+                with contextlib.suppress(P4RuntimeError):
+                    client.read_table("flow_v4")  # fails at once: the switch is gone
+                time.sleep(0.05)
+            sw = SwitchProcess(spec).start()
+            deadline = time.monotonic() + 15
+            while client.connect_count < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert client.connect_count >= 3 and client.primary
+            assert client.set_pipeline(pipeline) is True
         finally:
             client.close()
             sw.stop()
