@@ -102,18 +102,16 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 MAX_METADATA_BYTES = 16 * 1024 * 1024
 
 
-# The stream and the unary calls use two channels (asyncio and blocking). After a switch restart each waits
-# out its own reconnect backoff (gRPC's default: 1 s, growing 1.6x to 120 s): kept short, so the unary
-# channel is back about when the stream is and the flowtable's writes resume at once.
-RECONNECT_BACKOFF_MS = (100, 1000)
+# The stream and the unary calls use two channels (asyncio and blocking), each with gRPC's own reconnect
+# backoff; the calls made right after the stream is back (the pipeline check and push) wait for their
+# channel to be ready. The backoff is left at gRPC's default on purpose: a short one (100 ms) made the
+# stream's channel open a connection every 100 ms to a peer that accepts and never answers, filling its
+# listen backlog, so the TLS diagnosis saw "nothing accepts connections" instead of a silent peer.
 
 CHANNEL_OPTIONS: list[tuple[str, str | int]] = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                                                 ("grpc.max_metadata_size", MAX_METADATA_BYTES),
-                                                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
-                                                ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
-                                                ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
-                                                ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1])]
+                                                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES)]
 
 
 def open_channel(address: str, tls: TlsConfig | None) -> grpc.Channel:
