@@ -44,7 +44,19 @@ from typing import Protocol
 
 from .core import Flow, FlowTable, HwStats
 from .model import Dir, FlowFlag, FlowTuple
-from .p4map import Code, FlowUpdate, Op, PipelineCaps, Unsupported, UpdateResult, delete_for, entry_for, match_of
+from .p4map import (
+    Code,
+    FlowUpdate,
+    Op,
+    PipelineCaps,
+    Unsupported,
+    UpdateResult,
+    delete_for,
+    entry_for,
+    flow_table,
+    match_items,
+    match_of,
+)
 from .reconcile import ReconcilePlan
 
 log = logging.getLogger(__name__)
@@ -81,13 +93,7 @@ def entry_key(table: str, match: Mapping[str, object]) -> EntryKey:
 def flow_key(t: FlowTuple, caps: PipelineCaps) -> EntryKey:
     """:func:`entry_key` of the entry :func:`~.p4map.match_of` makes for ``t``, built without the
     intermediate dict (the stats pass looks up both directions of every hardware flow each period)."""
-    table = caps.tables.get(t.family)
-    if table is None:
-        raise Unsupported(f"the program has no IPv{t.family} flow table")
-    # match_of's field names, sorted as entry_key sorts them
-    return table.rsplit(".", 1)[-1], (("dst_addr", int.from_bytes(t.dst, "big")), ("dst_port", t.dport),
-                                      ("in_port", t.in_port), ("proto", t.proto),
-                                      ("src_addr", int.from_bytes(t.src, "big")), ("src_port", t.sport))
+    return flow_table(t, caps).rsplit(".", 1)[-1], match_items(t)
 
 
 class StatsReader(Protocol):

@@ -190,12 +190,23 @@ def _mac_int(b: bytes) -> int:
     return int.from_bytes(b, "big")
 
 
-def match_of(t: FlowTuple, caps: PipelineCaps) -> tuple[str, dict[str, int | bytes]]:
+def flow_table(t: FlowTuple, caps: PipelineCaps) -> str:
+    """The flow table that holds ``t``'s family."""
     table = caps.tables.get(t.family)
     if table is None:
         raise Unsupported(f"the program has no IPv{t.family} flow table")
-    return table, {"in_port": t.in_port, "src_addr": _addr(t.src), "dst_addr": _addr(t.dst), "proto": t.proto,
-                   "src_port": t.sport, "dst_port": t.dport}
+    return table
+
+
+def match_items(t: FlowTuple) -> tuple[tuple[str, int], ...]:
+    """A flow table's exact match for ``t``, sorted by field name: the one place the key's fields are named,
+    in the order :func:`~.offload.entry_key` sorts them, so the stats pass can key a flow without a dict."""
+    return (("dst_addr", _addr(t.dst)), ("dst_port", t.dport), ("in_port", t.in_port), ("proto", t.proto),
+            ("src_addr", _addr(t.src)), ("src_port", t.sport))
+
+
+def match_of(t: FlowTuple, caps: PipelineCaps) -> tuple[str, dict[str, int | bytes]]:
+    return flow_table(t, caps), dict(match_items(t))
 
 
 def entry_for(t: FlowTuple, rw: Rewrite, caps: PipelineCaps, timeout_ns: int = 0, op: Op = Op.INSERT) -> FlowUpdate:

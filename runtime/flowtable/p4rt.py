@@ -111,12 +111,8 @@ class P4RuntimeReader:
             short = _short(info.name)
             # the exact fields, sorted by name as entry_key sorts them
             fields = sorted((f.name, f.id) for f in info.match_fields if f.match_type in ("EXACT", "OPTIONAL"))
-            te = p4runtime_pb2.TableEntry(table_id=info.id)
-            te.counter_data.SetInParent()
             idle = table in self.caps.idle_timeout
-            if idle:
-                te.time_since_last_hit.SetInParent()
-            for ent in self.client.read([p4runtime_pb2.Entity(table_entry=te)]):
+            for ent in self.client.read([self._wildcard_request(table)]):
                 e = ent.table_entry
                 cd = e.counter_data
                 packets, nbytes = cd.packet_count, cd.byte_count
@@ -160,12 +156,18 @@ class P4RuntimeReader:
     def _read_table(self, table: str) -> list[TableEntry]:
         p4info = self.client.p4info
         assert p4info is not None
+        ents = self.client.read([self._wildcard_request(table)])
+        return [TableEntry.decode(e.table_entry, p4info) for e in ents if e.HasField("table_entry")]
+
+    def _wildcard_request(self, table: str) -> p4runtime_pb2.Entity:
+        """Every entry of ``table`` with its counters, and its idle time where the table has timeouts."""
+        p4info = self.client.p4info
+        assert p4info is not None
         te = p4runtime_pb2.TableEntry(table_id=p4info.table(table).id)
         te.counter_data.SetInParent()
         if table in self.caps.idle_timeout:
             te.time_since_last_hit.SetInParent()
-        ents = self.client.read([p4runtime_pb2.Entity(table_entry=te)])
-        return [TableEntry.decode(e.table_entry, p4info) for e in ents if e.HasField("table_entry")]
+        return p4runtime_pb2.Entity(table_entry=te)
 
 
 def read_flow_entries(client: SwitchClient, caps: PipelineCaps, *, counters: bool = False) -> list[TableEntry]:
