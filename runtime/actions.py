@@ -248,6 +248,12 @@ def route_actions(this: CtTuple, other: CtTuple, *, out_port: int, smac: bytes, 
     return tuple(acts)
 
 
+def with_dmac(actions: ActionList, mac: bytes) -> ActionList:
+    """The same list sending to ``mac``: a direction forwarded while its next hop was still unresolved
+    gets its list completed once the neighbour answers."""
+    return tuple(SetEthDst(mac) if isinstance(a, SetEthDst) else a for a in actions)
+
+
 def execute(actions: ActionList, pkt: P.Packet, *, count: CountHook | None = None,
             pipeline_vlans: Mapping[int, int] | None = None) -> int:
     """Apply the list to a parsed packet in place (checksums fixed incrementally); returns the output port.

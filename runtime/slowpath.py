@@ -19,9 +19,9 @@ from collections import Counter
 from collections.abc import Callable
 
 from . import packet as P
-from .actions import ActionList, NamedCounters, Statement, execute, route_actions
+from .actions import ActionList, NamedCounters, Statement, execute, route_actions, with_dmac
 from .config import PortConfig, RouterConfig
-from .conntrack import Conn, Conntrack, CtTuple, Dir, Verdict
+from .conntrack import Conn, Conntrack, CtTuple, Dir, Status, Verdict
 from .nat import Nat, NatError
 from .neigh import NeighbourTable
 from .reassembly import Reassembler
@@ -61,6 +61,12 @@ class SlowPath:
         #: Called for each forwarded packet of a connection, after its action list is recorded: the forward
         #: chain's ``flow add @ft`` point, where the flowtable is offered the connection.
         self.on_forward: list[Callable[[Conn, Dir], None]] = []
+        #: Connection directions forwarded towards a next hop that had not answered yet, by neighbour, with
+        #: their action lists but for the destination MAC: the list is recorded once the neighbour answers
+        #: and its queued packets leave, as the packet left the forward chain long before. Without it, a
+        #: connection whose reply was queued behind an ARP request stays off the flowtable until another
+        #: packet of that direction comes by.
+        self._awaiting: dict[tuple[int, bytes], dict[tuple[int, Dir], tuple[Conn, Dir, ActionList]]] = {}
 
     # ------------------------------------------------------------------ entry points
 
@@ -80,6 +86,7 @@ class SlowPath:
         self.conntrack.gc()
         for n, dropped in self.neigh.tick():
             self.stats["drop_neigh_failed"] += len(dropped)
+            self._awaiting.pop((n.port, n.addr), None)
             for frame in dropped:
                 self._unreachable_for_queued(frame, n.port)
         self.reasm.expire()
@@ -127,8 +134,7 @@ class SlowPath:
         a = P.parse_arp(pkt)
         ours = any(i.ip.packed == a.tpa for i in pc.ipv4)
         if a.spa != b"\0\0\0\0" and not a.sha[0] & 1:
-            for frame in self.neigh.learn(pc.port, a.spa, a.sha, create=ours):
-                self._send_queued(pc.port, frame, a.sha)
+            self._learn(pc.port, a.spa, a.sha, create=ours)
         if a.op == 1 and ours:
             self.stats["arp_reply"] += 1
             reply = P.arp(2, pc.mac, a.tpa, a.sha, a.spa)
@@ -144,8 +150,7 @@ class SlowPath:
             unspecified = pkt.src == b"\0" * 16
             lladdr = P.nd_option(pkt, 1)
             if lladdr is not None and not unspecified:
-                for frame in self.neigh.learn(pc.port, pkt.src, lladdr, create=ours):
-                    self._send_queued(pc.port, frame, lladdr)
+                self._learn(pc.port, pkt.src, lladdr, create=ours)
             if not ours:
                 return
             self.stats["nd_advert"] += 1
@@ -159,8 +164,7 @@ class SlowPath:
         elif pkt.icmp_type == P.ND_NEIGHBOR_ADVERT:
             target = P.nd_target(pkt)
             mac = P.nd_option(pkt, 2) or pkt.src_mac
-            for frame in self.neigh.learn(pc.port, target, mac, create=False):
-                self._send_queued(pc.port, frame, mac)
+            self._learn(pc.port, target, mac, create=False)
 
     def _probe(self, port: int, addr: bytes) -> None:
         pc = self.config.ports[port]
@@ -318,6 +322,7 @@ class SlowPath:
             for hook in self.on_forward:
                 hook(conn, direction)
         else:
+            self._awaiting.setdefault((route.port, nh), {})[(conn.id, direction)] = (conn, direction, actions)
             for f in frames:
                 self.neigh.resolve(route.port, nh, f)
 
@@ -337,8 +342,21 @@ class SlowPath:
             return [eth + f for f in P.fragment_ipv6(data[pkt.l3:], pkt.unfrag_len, pkt.frag_max, pkt.frag_id)]
         return [data]
 
-    def _send_queued(self, port: int, frame: bytes, mac: bytes) -> None:
-        self.emit(port, mac + frame[6:])
+    def _learn(self, port: int, addr: bytes, mac: bytes, *, create: bool) -> None:
+        """A neighbour answered: its queued packets leave, and the connections they belong to get the
+        action lists their packets were forwarded with (the MAC now known), each offered to the flowtable
+        as at the forward hook."""
+        for frame in self.neigh.learn(port, addr, mac, create=create):
+            self.emit(port, mac + frame[6:])
+        waiting = self._awaiting.pop((port, addr), None)
+        if not waiting:
+            return
+        for conn, direction, actions in waiting.values():
+            if conn.actions[direction] is not None or conn.status & Status.DYING:
+                continue  # a later packet of this direction found the MAC already, or the connection ended
+            self.conntrack.set_actions(conn, direction, with_dmac(actions, mac))
+            for hook in self.on_forward:
+                hook(conn, direction)
 
     # ------------------------------------------------------------------ the router's own traffic
 
