@@ -1,6 +1,7 @@
 """P4Runtime table-entry rates on `ingress.flow_v4`: insert, read-all-with-counters, modify and delete,
 entries/s, for softswitch and BMv2 (when simple_switch_grpc and p4c are installed) side by side, per batch
-size and table size; and the same four through the controller's own client (runtime/client.py).
+size and table size; and the same four through the controller's own client (runtime/client.py). With batch size 1, also the
+rate of a grpcio server whose Write does nothing, the ceiling for any switch served by Python's gRPC.
 
 The raw rates measure the switch: every request is built and serialized before the clock starts and sent as
 bytes on a gRPC method with identity serializers, and replies are kept as bytes and only parsed (to check the
@@ -21,6 +22,7 @@ import ipaddress
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -159,6 +161,48 @@ def client_cycle(client: SwitchClient, n: int) -> tuple[dict[str, float | None],
     return got, errors
 
 
+FLOOR_SERVER = """
+import asyncio, sys
+import grpc
+
+async def write(request, context):
+    return b""  # an empty WriteResponse: nothing applied, nothing decoded
+
+async def main():
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("p4.v1.P4Runtime", {
+        "Write": grpc.unary_unary_rpc_method_handler(write)}),))
+    server.add_insecure_port(sys.argv[1])
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+def grpcio_floor(encoded: list[Any], seconds_cap: int = 2000) -> float:
+    """Single-update Writes/s against a Python gRPC server (grpcio's asyncio server, as softswitch uses)
+    whose Write does nothing: the most a switch written in Python can answer one at a time with this
+    client, whatever it does per update. Run in its own process, as the switches are."""
+    addr = free_grpc_addr()
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, addr], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise SystemExit("bench: the grpcio floor server did not start")
+        channel = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+        raw = RawClient(channel, 0)
+        reqs = write_requests("INSERT", encoded[:seconds_cap], 1, raw.device_id)
+        raw.timed_writes(reqs[:200])  # connection set up and warm
+        got = rate(len(reqs), raw.timed_writes(reqs))
+        channel.close()
+        return got
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def switches(kinds: Sequence[str], build_dir: Path) -> Iterator[tuple[str, SwitchProcess]]:
     for kind in kinds:
         spec = SwitchSpec(kind=kind, grpc_addr=free_grpc_addr(), device_id=1,  # type: ignore[arg-type]
@@ -203,6 +247,12 @@ def run(kinds: Sequence[str], sizes: Sequence[int], batches: Sequence[int], work
                     print(f"{kind:10} client n={n:6} {op} failed: {err}", flush=True)
             channel.close()
         results[kind] = {"raw": rows, "client": client_rows}
+    if 1 in batches:
+        pipeline = load_build(work / "build")
+        floor = grpcio_floor([flow(i, 2).encode(pipeline.p4info) for i in range(2000)])
+        results["_grpcio_floor"] = {"batch": 1, "writes_per_s": round(floor)}
+        print(f"grpcio floor       batch=    1  {floor:9.0f} Writes/s (a Python gRPC server whose Write does "
+              "nothing)", flush=True)
     results["_table_capacity"] = size
     results["_p4c"] = res.manifest().get("p4c_version")
     return results
@@ -263,6 +313,8 @@ def main() -> None:
         "unit": "entries/s",
         "table": TABLE,
         "table_capacity": found.pop("_table_capacity"),
+        # the single-update Write rate of a grpcio asyncio server that does nothing: the ceiling for softswitch
+        "grpcio_floor": found.pop("_grpcio_floor", None),
         "sizes": list(sizes),
         "batches": list(args.batches),
         "quick": args.quick,

@@ -13,7 +13,7 @@ Two layers, so the controller's own cost can be told apart from the switch's and
 
 Prints the figures and writes bench/results/slowpath.json.
 
-    .venv/bin/python bench/bench_slowpath.py [--quick] [--switch softswitch,bmv2] [--profile FILE]
+    .venv/bin/python bench/bench_slowpath.py [--quick] [--switch softswitch,bmv2] [--profile FILE] [--spy DIR]
 """
 
 from __future__ import annotations
@@ -207,7 +207,8 @@ hw_offload = false
 """
 
 
-def through_switch(kind: str, build_dir: Path, tmp: Path, path: str, rate: float, seconds: float) -> dict[str, Any]:
+def through_switch(kind: str, build_dir: Path, tmp: Path, path: str, rate: float, seconds: float,
+                   spy: Path | None = None) -> dict[str, Any]:
     """UDP datagrams from A to B at `rate`/s through the switch: every one a packet-in, a decision by the
     slow path (policy skip) or the software fast path (hardware offload off), and a packet-out."""
     import subprocess
@@ -215,16 +216,31 @@ def through_switch(kind: str, build_dir: Path, tmp: Path, path: str, rate: float
     import bench_flowtable_scale as scale
 
     port = 5001 if path == "slow" else 5002
-    with scale.lab(kind, build_dir, tmp, SLOW_FT if path == "slow" else FAST_FT) as (a, b, _sw, ctl, sock):
+    with scale.lab(kind, build_dir, tmp, SLOW_FT if path == "slow" else FAST_FT) as (a, b, sw, ctl, sock):
         hostapp = str(scale.HOSTAPP)
         sink = b.popen(sys.executable, hostapp, "udpsink", scale.B_ADDR, str(port), str(seconds),
                        stdout=subprocess.PIPE)
+        assert sw.proc is not None
+        spies = []
+        if spy is not None:
+            # py-spy samples from outside (the measured processes are unchanged): per-thread raw stacks
+            spy.mkdir(parents=True, exist_ok=True)
+            spies = [subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "200", "--threads", "--gil", "--format", "raw",
+                                       "--nonblocking", "-d", str(int(seconds) + 1), "-o",
+                                       str(spy / f"{who}-{kind}-{path}.txt")],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for who, pid in (("controller", ctl.pid), ("switch", sw.proc.pid)) if kind == "softswitch"
+                     or who == "controller"]
         try:
             scale.read_line(sink, "ready", 30)
-            cpu0, t0 = scale.cpu_ticks(ctl.pid), time.monotonic()
+            cpu0, sw0, t0 = scale.cpu_ticks(ctl.pid), scale.cpu_ticks(sw.proc.pid), time.monotonic()
+            threads0 = (scale.thread_ticks(ctl.pid), scale.thread_ticks(sw.proc.pid))
             blast = a.run(sys.executable, hostapp, "udpblast", scale.B_ADDR, str(port), str(rate), str(seconds),
                           timeout=seconds + 120)
-            cpu1, t1 = scale.cpu_ticks(ctl.pid), time.monotonic()
+            cpu1, sw1, t1 = scale.cpu_ticks(ctl.pid), scale.cpu_ticks(sw.proc.pid), time.monotonic()
+            threads = {who: scale.thread_cpu_pct(before, scale.thread_ticks(pid), t1 - t0)
+                       for who, before, pid in zip(("controller", "switch"), threads0, (ctl.pid, sw.proc.pid),
+                                                   strict=True)}
             sent = json.loads(blast.stdout.strip().splitlines()[-1])
             assert sink.stdout is not None
             got = json.loads(sink.stdout.readline())
@@ -233,10 +249,13 @@ def through_switch(kind: str, build_dir: Path, tmp: Path, path: str, rate: float
             if sink.poll() is None:
                 sink.kill()
             sink.wait()
+            for p in spies:
+                p.wait()
     c = stats.get("controller", {})
     return {"switch": kind, "path": path, "offered_pps": round(sent["sent"] / sent["seconds"]),
             "delivered_pps": round(got["received"] / seconds), "sent": sent["sent"], "received": got["received"],
             "controller_cpu_pct": round(100 * (cpu1 - cpu0) / scale.HZ / (t1 - t0), 1),
+            "switch_cpu_pct": round(100 * (sw1 - sw0) / scale.HZ / (t1 - t0), 1), "threads_cpu_pct": threads,
             "packet_in": c.get("packet_in"), "slowpath_packets": c.get("slowpath_packets"),
             "fastpath_packets": c.get("fastpath_packets"), "queue_dropped": c.get("queue_dropped")}
 
@@ -247,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=Path, help="write cProfile stats of the in-process runs here")
     ap.add_argument("--out", type=Path, default=RESULTS / "slowpath.json")
     ap.add_argument("--switch", default="", help="also through softswitch and/or bmv2 (needs root), comma separated")
+    ap.add_argument("--spy", type=Path, help="py-spy the controller and softswitch through the switch; raw "
+                    "per-thread stacks into this directory (py-spy on PATH)")
     ap.add_argument("--rate", type=float, default=25000, help="datagrams/s offered through the switch")
     args = ap.parse_args(argv)
     n = 20000 if args.quick else 100000
@@ -276,10 +297,11 @@ def main(argv: list[str] | None = None) -> int:
                 for path in ("slow", "fast"):
                     run_tmp = tmp / f"{kind}-{path}"
                     run_tmp.mkdir()
-                    r = through_switch(kind, tmp / "build", run_tmp, path, args.rate, seconds)
+                    r = through_switch(kind, tmp / "build", run_tmp, path, args.rate, seconds, args.spy)
                     res["through_switch"].append(r)
                     print(f"{kind:10} {path} path: {r['delivered_pps']:>7,} packets/s delivered of "
-                          f"{r['offered_pps']:,} offered; controller CPU {r['controller_cpu_pct']} %, "
+                          f"{r['offered_pps']:,} offered; CPU controller {r['controller_cpu_pct']} %, "
+                          f"switch {r['switch_cpu_pct']} %, "
                           f"queue drops {r['queue_dropped']}")
     res["loadavg"] = {"before": load_before, "after": os.getloadavg()}
     res["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
