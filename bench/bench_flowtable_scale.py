@@ -223,7 +223,7 @@ def run_one(kind: str, n: int, build_dir: Path, tmp: Path, profile: Path | None 
             # py-spy samples the controller from outside (no change to the measured process); collapsed stacks
             # per thread, for flamegraph.pl or a grep.
             profile.mkdir(parents=True, exist_ok=True)
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(ctl.pid), "-r", "100", "--threads", "--format",
+            spy = subprocess.Popen(["py-spy", "record", "-p", str(ctl.pid), "-r", "100", "--threads", "--gil", "--format",
                                     "raw", "--nonblocking", "-o", str(profile / f"controller-{kind}-{n}.txt")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -310,6 +310,18 @@ def run_one(kind: str, n: int, build_dir: Path, tmp: Path, profile: Path | None 
                      CLOSE_TIMEOUT_S + 60 + n / 500, "the flowtable to empty after the close")
             entries = query("entries", sock, timeout=60)
             res["entries_left_after_close"] = len(entries)
+            # What the close cost the controller: every FIN, and every packet after it, is a packet-in.
+            end = samp.stats()
+            if end is not None and last is not None:
+                res["controller_counters_close"] = {
+                    k: v - res["controller_counters"].get(k, 0) for k, v in end["controller"].items()
+                    if isinstance(v, int) and not k.endswith(("_us_last", "_us_max"))
+                    and v != res["controller_counters"].get(k, 0)}
+                res["periodic_work_end"] = {k: v for k, v in {**end["flowtable"], **end["controller"]}.items()
+                                            if k.endswith("_us_max")}
+                res["flowtable_counters_close"] = {
+                    k: v - last["flowtable"]["counters"].get(k, 0) for k, v in end["flowtable"]["counters"].items()
+                    if isinstance(v, int) and v != last["flowtable"]["counters"].get(k, 0)}
             res["samples"] = samp.samples
         finally:
             if spy is not None:

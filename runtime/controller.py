@@ -55,6 +55,7 @@ PUNT_ENUM = "punt_reason_t"
 class _Event:
     kind: str  # "packet", "idle", "connected", "disconnected", "call"
     payload: Any = None
+    at: float = 0.0  # when a packet-in was queued (time.monotonic())
 
 
 @dataclass(slots=True)
@@ -120,6 +121,7 @@ class Controller:
         self._worker: threading.Thread | None = None
         self._start_connects = 0
         self.dropped_events = 0
+        self.queue_wait_us_max = 0  # the longest a packet-in waited for the worker
         self.tx_errors = 0
         self._repush_pending = False  # the last re-push after a reconnection failed: the tick retries it
         self.tick_us = dict.fromkeys(("slowpath_tick_us_last", "slowpath_tick_us_max", "flowtable_gc_us_last",
@@ -214,10 +216,12 @@ class Controller:
         out["packet_in"] = self.client.packets_in
         out["packet_out"] = self.client.packets_out
         out["queue_dropped"] = self.dropped_events
+        out["queue_wait_us_max"] = self.queue_wait_us_max
         out["slowpath_packets"] = self.slowpath.stats["rx"]
         out["fastpath_packets"] = self.offloader.ft.counters.fastpath_packets
         out["hw_packets"] = self.offloader.hw_packets
         out["tx_errors"] = self.tx_errors
+        out["log_lines_suppressed"] = self.offloader.lines.suppressed_total
         out.update(self.tick_us)
         return out
 
@@ -240,7 +244,7 @@ class Controller:
         self._events.put(ev)
 
     def _on_packet_in(self, pin: PacketIn) -> None:
-        self._put(_Event("packet", pin))
+        self._put(_Event("packet", pin, time.monotonic()))
 
     def _on_idle_timeout(self, note: IdleTimeout) -> None:
         self._put(_Event("idle", note))
@@ -273,6 +277,10 @@ class Controller:
             except queue.Empty:
                 ev = None
             if ev is not None:
+                if ev.at:
+                    waited = int((time.monotonic() - ev.at) * 1e6)
+                    if waited > self.queue_wait_us_max:
+                        self.queue_wait_us_max = waited
                 try:
                     self._dispatch(ev)
                 except Exception:
@@ -387,9 +395,8 @@ class Controller:
         for hook in self.on_reconnect:
             hook()
 
-    @staticmethod
-    def _log_event(event: CtEvent, conn: Conn) -> None:
-        if event is CtEvent.NEW:
+    def _log_event(self, event: CtEvent, conn: Conn) -> None:
+        if event is CtEvent.NEW and self.offloader.lines.allow("new connection"):
             o, r = conn.tuples
             nat = ""
             if conn.nat:

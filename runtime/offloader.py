@@ -51,6 +51,7 @@ from .flowtable.p4rt import (
 from .flowtable.policy import FlowKey, FlowtableConfig, PolicyError, parse_flowtable
 from .flowtable.reconcile import EntryPair, plan_reconcile
 from .flowtable.status import snapshot_flows, snapshot_stats
+from .lograte import LineBudget
 from .packet import PacketError, parse
 from .pipeline import Pipeline
 from .slowpath import SlowPath
@@ -104,6 +105,16 @@ class _Held:
     frames: list[tuple[int, bytes]] = field(default_factory=list)
 
 
+def log_flow_event(logger: logging.Logger, event: str, flow: Flow) -> None:
+    """The log line of a flow's transition, the same for both slow paths."""
+    o = flow.dirs[0].tuple
+    what = {"offload": "[OFFLOAD]", "hw_offload": "[HW_OFFLOAD]", "closing": "closing (FIN/RST)",
+            "teardown": "teardown", "removed": "removed", "hw_removed": "entries deleted from the switch",
+            "hw_failed": f"hardware add failed: {flow.last_error}", "hw_lost": "entries missing on the switch"}
+    logger.info("flow %d %s %s:%d -> %s:%d %s", flow.id, "tcp" if o.proto == 6 else "udp", o.src_ip, o.sport,
+                o.dst_ip, o.dport, what.get(event, event))
+
+
 class Offloader:
     #: How long a closing flow's packets wait for its hardware delete at most (a switch that does not
     #: answer must not swallow the close), and how many of them.
@@ -136,6 +147,9 @@ class Offloader:
         self.emit = emit
         self.clock = clock
         self.ft = FlowTable(self.policy, clock)
+        #: One budget for the per-connection and per-flow log lines of every path (new connection, [OFFLOAD],
+        #: [HW_OFFLOAD], closing, removed...): all of them below a few hundred a second, a summary beyond.
+        self.lines = LineBudget(logging.getLogger("runtime.flows"), "connection and flow")
         self.caps: PipelineCaps = caps_from_p4info(pipeline.p4info.message).with_counter_names(self.policy.counter_names)
         self.fast = FastPath(self.ft, count=count)
         self.engine: OffloadEngine | None = None
@@ -268,12 +282,8 @@ class Offloader:
                 self.conntrack.set_hw_offload(handle.conn, True)
             elif event in ("hw_removed", "hw_lost", "hw_failed", "closing"):
                 self.conntrack.set_hw_offload(handle.conn, False)
-        o = flow.dirs[0].tuple
-        what = {"offload": "[OFFLOAD]", "hw_offload": "[HW_OFFLOAD]", "closing": "closing (FIN/RST)",
-                "teardown": "teardown", "removed": "removed", "hw_removed": "entries deleted from the switch",
-                "hw_failed": f"hardware add failed: {flow.last_error}", "hw_lost": "entries missing on the switch"}
-        log.info("flow %d %s %s:%d -> %s:%d %s", flow.id, "tcp" if o.proto == 6 else "udp", o.src_ip, o.sport,
-                 o.dst_ip, o.dport, what.get(event, event))
+        if self.lines.allow(event):
+            log_flow_event(log, event, flow)
 
     # ------------------------------------------------------------------------------ packets and ticks
 
@@ -293,6 +303,7 @@ class Offloader:
 
     def tick(self) -> None:
         self.ft.gc()
+        self.lines.flush()
         if self._held:
             self._release_ready()
 

@@ -35,7 +35,7 @@ from ..conntrack import IPPROTO_TCP, IPPROTO_UDP, CtRecord, CtTuple, Dir, TcpSta
 from ..flowtable.core import Flow, FlowDirection, OfferResult
 from ..flowtable.model import NS, FlowFlag, FlowTuple
 from ..flowtable.reconcile import EntryPair
-from ..offloader import Offloader
+from ..offloader import Offloader, log_flow_event
 from ..packet import PacketError, parse
 from ..pipeline import Pipeline
 from .ctnetlink import IPS_ASSURED, IPS_DST_NAT, IPS_SRC_NAT, KCt, KEvent
@@ -177,7 +177,8 @@ class KernelOffloader(Offloader):
                     self._by_tuple[k.orig] = conn
                     self._by_tuple[k.reply] = conn
                     # the same line as the Python slow path's, with the kernel's conntrack id
-                    log.info("new connection %d: %s %s", k.id, _PROTO_NAMES.get(k.proto, str(k.proto)), k.orig)
+                    if self.lines.allow("new connection"):
+                        log.info("new connection %d: %s %s", k.id, _PROTO_NAMES.get(k.proto, str(k.proto)), k.orig)
                 else:
                     # Our own timeout updates come back as UPDATE events: only a change of state or
                     # status is news (the kernel offers on forwarded packets, not on timer changes).
@@ -415,12 +416,8 @@ class KernelOffloader(Offloader):
     # ------------------------------------------------------------------------------ status
 
     def _flow_event(self, event: str, flow: Flow) -> None:
-        o = flow.dirs[0].tuple
-        what = {"offload": "[OFFLOAD]", "hw_offload": "[HW_OFFLOAD]", "closing": "closing (FIN/RST)",
-                "teardown": "teardown", "removed": "removed", "hw_removed": "entries deleted from the switch",
-                "hw_failed": f"hardware add failed: {flow.last_error}", "hw_lost": "entries missing on the switch"}
-        log.info("flow %d %s %s:%d -> %s:%d %s", flow.id, "tcp" if o.proto == 6 else "udp", o.src_ip, o.sport,
-                 o.dst_ip, o.dport, what.get(event, event))
+        if self.lines.allow(event):
+            log_flow_event(log, event, flow)
         if event == "removed" and isinstance(flow.conn, _KHandle):
             conn = flow.conn.conn
             with self._lock:

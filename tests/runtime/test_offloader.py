@@ -9,8 +9,11 @@ two threads can never wait on each other's lock (the deadlock seen when many con
 
 from __future__ import annotations
 
+import logging
+import math
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -173,6 +176,22 @@ def test_a_reply_whose_neighbour_never_answers_leaves_nothing_behind(rig: Rig) -
     assert hit is not None
     out = rig.send(1, Ether(src=A, dst=R1) / ARP(op=2, hwsrc=A, psrc=c_ip, pdst="10.0.1.1", hwdst=R1))
     assert out == [] and hit[0].actions[Dir.REPLY] is None
+
+
+def test_a_storm_of_flow_transitions_writes_a_bounded_number_of_log_lines(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Every transition is either logged or counted as suppressed; never more lines than the budget."""
+    caplog.set_level(logging.INFO, "runtime.offloader")
+    t0 = time.monotonic()
+    for i in range(400):
+        rig.connect(42000 + i)
+    while rig.engine.run_once():
+        pass
+    seconds = time.monotonic() - t0
+    lines = [r for r in caplog.records if r.name == "runtime.offloader" and r.getMessage().startswith("flow ")]
+    assert len(lines) + rig.off.lines.suppressed_total == 800, "400 flows, [OFFLOAD] and [HW_OFFLOAD] each"
+    assert len(lines) <= rig.off.lines.per_second * (math.ceil(seconds) + 1)
+    assert rig.off.lines.suppressed_total > 0
 
 
 def test_destroyed_connection_tears_the_flow_down_and_the_gc_removes_it(rig: Rig) -> None:
