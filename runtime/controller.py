@@ -51,6 +51,14 @@ log = logging.getLogger(__name__)
 PUNT_ENUM = "punt_reason_t"
 
 
+#: How long a punted packet may wait for the worker before it is dropped unhandled. Past TCP's shortest
+#: retransmission timer (200 ms) its sender has sent it again, and that copy is in the queue behind it:
+#: handling both doubles the work of an overloaded slow path, which makes every packet wait longer and be
+#: sent again once more. A packet's round trip crosses the slow path twice, hence half of it. CoDel's
+#: answer to a standing queue, and the reason a storm of closing connections no longer snowballs.
+PACKET_MAX_WAIT_S = 0.1
+
+
 @dataclass(frozen=True, slots=True)
 class _Event:
     kind: str  # "packet", "idle", "connected", "disconnected", "call"
@@ -81,7 +89,7 @@ class Controller:
     def __init__(self, config: RouterConfig, pipeline: Pipeline, address: str, *, device_id: int = 1,
                  election_id: ElectionId = (0, 1), clock: Callable[[], int] = time.monotonic_ns,
                  timeouts: Timeouts | None = None, tcp_loose: bool = True, queue_size: int = 65536,
-                 flush_on_stop: bool = True, connect_timeout: float = 10.0, tls: TlsConfig | None = None,
+                 packet_max_wait: float = PACKET_MAX_WAIT_S, flush_on_stop: bool = True, connect_timeout: float = 10.0, tls: TlsConfig | None = None,
                  kernel: KernelOptions | None = None) -> None:
         self.config = config
         self.connect_timeout = connect_timeout
@@ -117,11 +125,13 @@ class Controller:
         # hand: past queue_size packet-ins are dropped and counted, as a NIC drops at a full ring.
         self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self.queue_size = queue_size
+        self.packet_max_wait = packet_max_wait
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._start_connects = 0
         self.dropped_events = 0
         self.queue_wait_us_max = 0  # the longest a packet-in waited for the worker
+        self.stale_dropped = 0  # packet-ins dropped unhandled for waiting longer than packet_max_wait
         self.tx_errors = 0
         self._repush_pending = False  # the last re-push after a reconnection failed: the tick retries it
         self.tick_us = dict.fromkeys(("slowpath_tick_us_last", "slowpath_tick_us_max", "flowtable_gc_us_last",
@@ -217,6 +227,7 @@ class Controller:
         out["packet_out"] = self.client.packets_out
         out["queue_dropped"] = self.dropped_events
         out["queue_wait_us_max"] = self.queue_wait_us_max
+        out["queue_stale_dropped"] = self.stale_dropped
         out["slowpath_packets"] = self.slowpath.stats["rx"]
         out["fastpath_packets"] = self.offloader.ft.counters.fastpath_packets
         out["hw_packets"] = self.offloader.hw_packets
@@ -276,11 +287,14 @@ class Controller:
                 ev = self._events.get(timeout=timeout)
             except queue.Empty:
                 ev = None
+            if ev is not None and ev.at:
+                waited = time.monotonic() - ev.at
+                if waited > self.packet_max_wait:
+                    self.stale_dropped += 1
+                    ev = None
+                elif waited * 1e6 > self.queue_wait_us_max:
+                    self.queue_wait_us_max = int(waited * 1e6)
             if ev is not None:
-                if ev.at:
-                    waited = int((time.monotonic() - ev.at) * 1e6)
-                    if waited > self.queue_wait_us_max:
-                        self.queue_wait_us_max = waited
                 try:
                     self._dispatch(ev)
                 except Exception:

@@ -116,9 +116,13 @@ def log_flow_event(logger: logging.Logger, event: str, flow: Flow) -> None:
 
 
 class Offloader:
-    #: How long a closing flow's packets wait for its hardware delete at most (a switch that does not
-    #: answer must not swallow the close), and how many of them.
-    HOLD_MAX_NS = 1_000_000_000
+    #: How long a closing flow's packets wait for its hardware delete at most, and how many of them. Less
+    #: than TCP's shortest retransmission timer (200 ms): a FIN's answer held longer makes the sender send
+    #: the FIN again, and under a storm of closes (deletes queued behind thousands of others) every held
+    #: connection did so several times, multiplying the slow path's work. Released early, a last ACK may
+    #: pass the switch on the entry not yet deleted, as it may in the kernel's own hardware offload; its
+    #: conntrack entry then ends on its LAST_ACK timeout instead of TIME_WAIT's.
+    HOLD_MAX_NS = 150_000_000
     HOLD_MAX_FRAMES = 64
 
     def __init__(self, config: RouterConfig, pipeline: Pipeline, conntrack: Conntrack, slowpath: SlowPath,
@@ -159,6 +163,9 @@ class Offloader:
         self.reconciles = 0
         self.post = post
         self._held: dict[int, _Held] = {}
+        #: Closing flows whose packets were held, the longest a hold lasted, and holds cut short by
+        #: HOLD_MAX_NS (a delete slower than that: the held packets went to the slow path anyway).
+        self.holds = {"held_flows": 0, "hold_us_max": 0, "hold_expired": 0}
         self._release_due = False  # a held flow changed since the last look (set under the flowtable's lock)
         self.ft.listeners.append(self._flow_event)
 
@@ -365,6 +372,13 @@ class Offloader:
 
     def _release(self, held: _Held) -> None:
         self._held.pop(held.flow.id, None)
+        if held.frames:
+            waited = self.clock() - held.since_ns
+            holds = self.holds
+            holds["held_flows"] += 1
+            holds["hold_us_max"] = max(holds["hold_us_max"], waited // 1000)
+            if waited >= self.HOLD_MAX_NS:
+                holds["hold_expired"] += 1
         for in_port, frame in held.frames:
             self.slowpath.handle(in_port, frame)
 
@@ -474,6 +488,7 @@ class Offloader:
         d["hw_packets"] = self.hw_packets
         d["hw_bytes"] = self.hw_bytes
         d["rebuilt"] = self.rebuilt
+        d.update(self.holds)
         d["reconciles"] = self.reconciles
         d["named_counters"] = self.named_counters()
         d["switch_statements"] = list(self.caps.statements())
