@@ -90,7 +90,8 @@ class Controller:
     def __init__(self, config: RouterConfig, pipeline: Pipeline, address: str, *, device_id: int = 1,
                  election_id: ElectionId = (0, 1), clock: Callable[[], int] = time.monotonic_ns,
                  timeouts: Timeouts | None = None, tcp_loose: bool = True, queue_size: int = 65536,
-                 packet_max_wait: float = PACKET_MAX_WAIT_S, flush_on_stop: bool = True, connect_timeout: float = 10.0, tls: TlsConfig | None = None,
+                 packet_max_wait: float = PACKET_MAX_WAIT_S, flush_on_stop: bool = True,
+                 connect_timeout: float = 10.0, tls: TlsConfig | None = None,
                  kernel: KernelOptions | None = None) -> None:
         self.config = config
         self.connect_timeout = connect_timeout
