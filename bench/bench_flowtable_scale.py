@@ -317,7 +317,8 @@ def run_one(kind: str, n: int, build_dir: Path, tmp: Path, profile: Path | None 
                     k: v - res["controller_counters"].get(k, 0) for k, v in end["controller"].items()
                     if isinstance(v, int) and not k.endswith(("_us_last", "_us_max"))
                     and v != res["controller_counters"].get(k, 0)}
-                res["close_holds"] = {k: end["flowtable"].get(k) for k in ("held_flows", "hold_us_max", "hold_expired")}
+                res["close_holds"] = {k: end["flowtable"]["counters"].get(k)
+                                      for k in ("held_flows", "hold_us_max", "hold_expired")}
                 res["periodic_work_end"] = {k: v for k, v in {**end["flowtable"], **end["controller"]}.items()
                                             if k.endswith("_us_max")}
                 res["flowtable_counters_close"] = {

@@ -388,9 +388,9 @@ class Offloader:
             if t is None:
                 continue
             verdict = self.ft.idle_notification(t)
-            if verdict is IdleVerdict.UNKNOWN_ENTRY and self.engine is not None:
+            if (verdict is IdleVerdict.UNKNOWN_ENTRY and self.engine is not None
+                    and self.engine.queue_delete(delete_for(t, self.caps)) and self.lines.allow("idle entry")):
                 log.info("idle entry %s belongs to no flow: deleting it", t)
-                self.engine.queue_delete(delete_for(t, self.caps))
 
     # ------------------------------------------------------------------------------ reconciliation
 
@@ -488,7 +488,7 @@ class Offloader:
         d["hw_packets"] = self.hw_packets
         d["hw_bytes"] = self.hw_bytes
         d["rebuilt"] = self.rebuilt
-        d.update(self.holds)
+        d["counters"].update(self.holds)
         d["reconciles"] = self.reconciles
         d["named_counters"] = self.named_counters()
         d["switch_statements"] = list(self.caps.statements())

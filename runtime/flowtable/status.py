@@ -82,7 +82,10 @@ class StatsRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StatsRecord:
-        kw = dict(d)
+        """The record from a ``stats`` answer; what else the answer carries (the offloader adds its own
+        keys beside the record's) is left out, so a key added to the answer never breaks the reader."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
         kw["occupancy"] = {k: (int(v[0]), int(v[1])) for k, v in kw.get("occupancy", {}).items()}
         return cls(**kw)
 

@@ -313,3 +313,15 @@ def test_fin_on_one_connection_while_the_worker_deletes_another_does_not_deadloc
     assert flows[0].has(FlowFlag.HW_DEAD) and flows[1].state == "closing"
     r.engine.run_once()
     assert r.sw.entries == {}, "both connections' entries are gone"
+
+
+def test_the_stats_answer_reads_back_and_shows_the_holds(rig: Rig) -> None:
+    """What `offloadgen stats` does with the offloader's answer: the record reads back whatever keys the
+    answer carries beside it, and the closing-flow holds are among the counters it prints."""
+    from runtime.flowtable.status import StatsRecord, format_stats
+
+    rig.connect(43000)
+    rig.engine.run_once()
+    answer = rig.off.stats()
+    text = format_stats(StatsRecord.from_dict({**answer, "a_key_from_a_newer_controller": 1}))
+    assert "held_flows 0" in text and "hw_add_ok 1" in text and "idle_after_delete 0" in text
