@@ -201,6 +201,7 @@ class Counters:
     idle_notifications: int = 0
     idle_ignored: int = 0
     idle_unknown: int = 0
+    idle_after_delete: int = 0  # unknown entries the engine had just deleted: the notice predates the delete
     fastpath_packets: int = 0
     fastpath_bytes: int = 0
     fastpath_exceptions: dict[str, int] = field(default_factory=dict)

@@ -152,6 +152,10 @@ class OffloadEngine:
         self._del_q: collections.deque[Flow] = collections.deque()
         self._stats_q: collections.deque[Flow] = collections.deque()
         self._orphans: dict[tuple[str, tuple[tuple[str, int | bytes], ...]], FlowUpdate] = {}
+        #: Entries this engine deleted (the switch confirmed, or said NOT_FOUND) in the last DELETED_MEMORY_NS,
+        #: oldest first, with when: an idle notice for one of them was sent before the delete reached the
+        #: switch, and deleting the entry again would only be answered NOT_FOUND (see :meth:`queue_delete`).
+        self._deleted: dict[tuple[str, tuple[tuple[str, int | bytes], ...]], int] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         # Cleared while the controller is not the switch's primary: a backup's writes are refused, so adds and
@@ -223,12 +227,44 @@ class OffloadEngine:
         with self.lock:
             return list(self._orphans.values())
 
-    def queue_delete(self, upd: FlowUpdate) -> None:
+    #: How long a deleted entry is remembered against late idle notices. The switch sends a notice when
+    #: the entry idles and (BMv2) again every ~2 s; a notice can wait in the stream behind thousands of
+    #: packet-ins when many connections close at once. Longer than the default close timeout (10 s): while a
+    #: closed flow is listed its notices are ignored anyway, and the late ones come after.
+    DELETED_MEMORY_NS = 20_000_000_000
+
+    def queue_delete(self, upd: FlowUpdate) -> bool:
         """Delete an entry no flow owns (an idle notice for an unknown key); done on the next run and
-        retried until the switch confirms it is gone."""
+        retried until the switch confirms it is gone. Returns False, queueing nothing, for an entry this
+        engine deleted moments ago: the notice is older than the delete (30,000 connections closing at once
+        brought 26,753 such notices, each a delete answered NOT_FOUND)."""
+        key = upd.key()
         with self.lock:
-            self._orphans[upd.key()] = upd
+            self._forget_deleted()
+            if key in self._deleted:
+                self.ft.counters.idle_after_delete += 1
+                return False
+            self._orphans[key] = upd
         self._wake.set()
+        return True
+
+    def _deleted_now(self, upd: FlowUpdate) -> None:
+        """An entry is confirmed gone (lock held)."""
+        self._forget_deleted()
+        self._deleted.pop(upd.key(), None)  # re-inserted at the end: the dict stays in time order
+        self._deleted[upd.key()] = self.ft.clock()
+
+    def _forget_deleted(self) -> None:
+        """Drop the remembered deletes older than DELETED_MEMORY_NS (lock held; the oldest come first)."""
+        deleted = self._deleted
+        if not deleted:
+            return
+        horizon = self.ft.clock() - self.DELETED_MEMORY_NS
+        while deleted:
+            key, at = next(iter(deleted.items()))
+            if at > horizon:
+                break
+            del deleted[key]
 
     def flush(self) -> list[UpdateResult] | str:
         """Delete every entry the controller may have on the switch, in one batch (clean shutdown): the
@@ -353,6 +389,8 @@ class OffloadEngine:
                     self._add_done(flow, False, error=str(exc), unsupported=True)
                     continue
                 plan.append((flow, ups))
+                for u in ups:  # the key is live again (a reused 5-tuple): its idle notices are news
+                    self._deleted.pop(u.key(), None)
         if not plan:
             return
         batch = [u for _, ups in plan for u in ups]
@@ -461,10 +499,11 @@ class OffloadEngine:
         answer = self._write([p[2] for p in plan])
         errors: dict[int, str] = {}
         with self.lock:
-            for j, (flow, d, _) in enumerate(plan):
+            for j, (flow, d, upd) in enumerate(plan):
                 res = UpdateResult(Code.UNKNOWN, answer) if isinstance(answer, str) else answer[j]
                 if res.ok or res.code is Code.NOT_FOUND:
                     flow.hw_installed &= ~(1 << d)
+                    self._deleted_now(upd)
                 else:
                     errors[flow.id] = f"delete {Dir(d).name.lower()}: {res.code.name} {res.message}".strip()
             for flow in flows:

@@ -457,3 +457,45 @@ def test_a_period_of_stats_for_thousands_of_flows_takes_one_read() -> None:
     assert len(sw.table_reads) == reads + 1 and eng.depths().wq_stats == 0
     assert all(f.hw_packets[0] == 2 and not f.flags & F.HW_PENDING for f in flows)
     assert all(f.timeout > deadline for f, deadline in zip(flows, before, strict=True))  # traffic moved them on
+
+
+def test_an_idle_notice_older_than_our_delete_queues_no_second_delete() -> None:
+    """The switch sent the notice before our delete reached it (a stream backed up behind a storm of
+    closes): the entry is gone, so nothing is queued and the notice is counted as late. Once the key is
+    installed again (a reused 5-tuple), or ten seconds on, a notice for it is news again."""
+    from runtime.flowtable.p4map import delete_for
+
+    clock = FakeClock()
+    ft, eng, sw, flow, _ = _hw_flow(clock)
+    assert isinstance(flow, Flow)
+    t = flow.dirs[0].tuple
+    ft.mark_closing(flow)
+    eng.run_once()
+    assert sw.entries == {}
+    clock.advance(11)
+    ft.gc()
+    assert ft.get(flow.id) is None and ft.idle_notification(t) is IdleVerdict.UNKNOWN_ENTRY
+    batches = len(sw.batches)
+    assert not eng.queue_delete(delete_for(t, eng.caps)) and ft.counters.idle_after_delete == 1
+    eng.run_once()
+    assert len(sw.batches) == batches, "no delete that the switch would answer NOT_FOUND"
+
+    _, again = offer(ft, conn=FakeConn())  # the same 5-tuple, installed again
+    assert again is not None and again.dirs[0].tuple == t
+    eng.run_once()
+    assert again.hw_offloaded and len(sw.entries) == 2
+    assert eng.queue_delete(delete_for(t, eng.caps)), "a live key again: not taken for a late notice"
+
+
+def test_deleted_entries_are_remembered_for_a_while_only() -> None:
+    from runtime.flowtable.p4map import delete_for
+
+    clock = FakeClock()
+    ft, eng, _sw, flow, _ = _hw_flow(clock)
+    assert isinstance(flow, Flow)
+    t = flow.dirs[0].tuple
+    ft.mark_closing(flow)
+    eng.run_once()
+    clock.advance(eng.DELETED_MEMORY_NS / NS)
+    assert eng.queue_delete(delete_for(t, eng.caps))
+    assert ft.counters.idle_after_delete == 0
