@@ -661,6 +661,7 @@ class OffloadEngine:
             for upd, res in zip(ups, answer, strict=True):
                 if res.ok or res.code is Code.NOT_FOUND:
                     self._orphans.pop(upd.key(), None)
+                    self._deleted_now(upd)  # BMv2 repeats a notice every ~2 s until it sees the delete
 
     # ---------------------------------------------------------------------------- reconciliation
 

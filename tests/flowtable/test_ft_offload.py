@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from ftutil import FakeClock, FakeConn, FakeSwitch, _Entry, make_table, nat_tuples, offer
+from ftutil import FakeClock, FakeConn, FakeSwitch, _Entry, directions, make_table, nat_tuples, offer
 
 from runtime.flowtable.core import Flow, FlowTable, HwStats, IdleVerdict
 from runtime.flowtable.model import NS, Dir, FlowFlag
@@ -499,3 +499,19 @@ def test_deleted_entries_are_remembered_for_a_while_only() -> None:
     clock.advance(eng.DELETED_MEMORY_NS / NS)
     assert eng.queue_delete(delete_for(t, eng.caps))
     assert ft.counters.idle_after_delete == 0
+
+
+def test_a_repeated_idle_notice_for_a_deleted_orphan_deletes_nothing_again() -> None:
+    """BMv2 repeats an idle entry's notice every ~2 s until the entry is gone: after the orphan's delete the
+    repeats are late notices, not new orphans."""
+    from runtime.flowtable.p4map import delete_for, entry_for
+
+    clock = FakeClock()
+    ft, eng, sw = make_table(clock)
+    (od, _rd) = directions(*nat_tuples(sport=41000))
+    sw.write([entry_for(od.tuple, od.rewrite, eng.caps)])  # on the switch, owned by no flow
+    assert len(sw.entries) == 1 and ft.idle_notification(od.tuple) is IdleVerdict.UNKNOWN_ENTRY
+    assert eng.queue_delete(delete_for(od.tuple, eng.caps))
+    eng.run_once()
+    assert sw.entries == {}
+    assert not eng.queue_delete(delete_for(od.tuple, eng.caps)) and ft.counters.idle_after_delete == 1
