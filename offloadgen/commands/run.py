@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("runtime.controller").setLevel(logging.INFO)  # new connections are always logged
         logging.getLogger("offloadgen.run").setLevel(logging.INFO)
         logging.getLogger("runtime.offloader").setLevel(logging.INFO)  # [OFFLOAD] / [HW_OFFLOAD] transitions
+        logging.getLogger("runtime.kernel.offload").setLevel(logging.INFO)  # the same with --slowpath kernel
         logging.getLogger("runtime.flows").setLevel(logging.INFO)  # how many of those lines a storm suppressed
     try:
         ctl = Controller(config, pipeline, args.switch, device_id=args.device_id,

@@ -18,7 +18,6 @@ from offloadgen.netlab import Netlab
 from offloadgen.switchproc import SwitchProcess, SwitchSpec, free_grpc_addr
 from runtime.pipeline import load_build
 
-KINDS = ["softswitch", pytest.param("bmv2", marks=pytest.mark.bmv2)]
 A_MAC, B_MAC, WAN_ADDR = "02:00:00:00:00:10", "02:00:00:00:00:20", "192.0.2.1"
 
 
@@ -26,9 +25,13 @@ A_MAC, B_MAC, WAN_ADDR = "02:00:00:00:00:10", "02:00:00:00:00:20", "192.0.2.1"
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_offloadgen_run_command(kind: str, build_dir: Path, router_config_path: Path, tmp_path: Path) -> None:
-    """The CLI: connects, pushes, routes, logs new connections, stops cleanly on SIGTERM."""
+@pytest.mark.parametrize(("kind", "slowpath"), [("softswitch", "offloadgen"),
+                                               pytest.param("bmv2", "offloadgen", marks=pytest.mark.bmv2),
+                                               ("softswitch", "kernel")])
+def test_offloadgen_run_command(kind: str, slowpath: str, build_dir: Path, router_config_path: Path,
+                                tmp_path: Path) -> None:
+    """The CLI: connects, pushes, routes, logs new connections (without -v, with either slow path), stops
+    cleanly on SIGTERM."""
     pipeline = load_build(build_dir, kind)  # noqa: F841 - fails early with a clear message when not built
     with Netlab() as net:
         a = net.add_host("a", mac=A_MAC, ipv4="10.0.1.10/24", gw4="10.0.1.1")
@@ -38,7 +41,8 @@ def test_offloadgen_run_command(kind: str, build_dir: Path, router_config_path: 
             log = tmp_path / "run.log"
             with open(log, "w") as fh:
                 proc = subprocess.Popen([sys.executable, "-m", "offloadgen.cli", "run", "--config", str(router_config_path),
-                                         "--build", str(build_dir), "--switch", sw.grpc_addr, "--target", kind],
+                                         "--build", str(build_dir), "--switch", sw.grpc_addr, "--target", kind,
+                                         "--slowpath", slowpath],
                                         stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             try:
                 wait_for(lambda: "running" in log.read_text() or proc.poll() is not None, 30, "the controller")
