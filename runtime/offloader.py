@@ -105,16 +105,6 @@ class _Held:
     frames: list[tuple[int, bytes]] = field(default_factory=list)
 
 
-def log_flow_event(logger: logging.Logger, event: str, flow: Flow) -> None:
-    """The log line of a flow's transition, the same for both slow paths."""
-    o = flow.dirs[0].tuple
-    what = {"offload": "[OFFLOAD]", "hw_offload": "[HW_OFFLOAD]", "closing": "closing (FIN/RST)",
-            "teardown": "teardown", "removed": "removed", "hw_removed": "entries deleted from the switch",
-            "hw_failed": f"hardware add failed: {flow.last_error}", "hw_lost": "entries missing on the switch"}
-    logger.info("flow %d %s %s:%d -> %s:%d %s", flow.id, "tcp" if o.proto == 6 else "udp", o.src_ip, o.sport,
-                o.dst_ip, o.dport, what.get(event, event))
-
-
 class Offloader:
     #: How long a closing flow's packets wait for its hardware delete at most, and how many of them. Less
     #: than TCP's shortest retransmission timer (200 ms): a FIN's answer held longer makes the sender send
@@ -289,8 +279,18 @@ class Offloader:
                 self.conntrack.set_hw_offload(handle.conn, True)
             elif event in ("hw_removed", "hw_lost", "hw_failed", "closing"):
                 self.conntrack.set_hw_offload(handle.conn, False)
-        if self.lines.allow(event):
-            log_flow_event(log, event, flow)
+        self._log_flow(log, event, flow)
+
+    def _log_flow(self, logger: logging.Logger, event: str, flow: Flow) -> None:
+        """The log line of a flow's transition, the same for both slow paths, within the line budget."""
+        if not self.lines.allow(event):
+            return
+        o = flow.dirs[0].tuple
+        what = {"offload": "[OFFLOAD]", "hw_offload": "[HW_OFFLOAD]", "closing": "closing (FIN/RST)",
+                "teardown": "teardown", "removed": "removed", "hw_removed": "entries deleted from the switch",
+                "hw_failed": f"hardware add failed: {flow.last_error}", "hw_lost": "entries missing on the switch"}
+        logger.info("flow %d %s %s:%d -> %s:%d %s", flow.id, "tcp" if o.proto == 6 else "udp", o.src_ip, o.sport,
+                    o.dst_ip, o.dport, what.get(event, event))
 
     # ------------------------------------------------------------------------------ packets and ticks
 

@@ -251,8 +251,9 @@ class OffloadEngine:
     def _deleted_now(self, upd: FlowUpdate) -> None:
         """An entry is confirmed gone (lock held)."""
         self._forget_deleted()
-        self._deleted.pop(upd.key(), None)  # re-inserted at the end: the dict stays in time order
-        self._deleted[upd.key()] = self.ft.clock()
+        key = upd.key()
+        self._deleted.pop(key, None)  # re-inserted at the end: the dict stays in time order
+        self._deleted[key] = self.ft.clock()
 
     def _forget_deleted(self) -> None:
         """Drop the remembered deletes older than DELETED_MEMORY_NS (lock held; the oldest come first)."""

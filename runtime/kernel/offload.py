@@ -35,7 +35,7 @@ from ..conntrack import IPPROTO_TCP, IPPROTO_UDP, CtRecord, CtTuple, Dir, TcpSta
 from ..flowtable.core import Flow, FlowDirection, OfferResult
 from ..flowtable.model import NS, FlowFlag, FlowTuple
 from ..flowtable.reconcile import EntryPair
-from ..offloader import Offloader, log_flow_event
+from ..offloader import Offloader
 from ..packet import PacketError, parse
 from ..pipeline import Pipeline
 from .ctnetlink import IPS_ASSURED, IPS_DST_NAT, IPS_SRC_NAT, KCt, KEvent
@@ -416,8 +416,7 @@ class KernelOffloader(Offloader):
     # ------------------------------------------------------------------------------ status
 
     def _flow_event(self, event: str, flow: Flow) -> None:
-        if self.lines.allow(event):
-            log_flow_event(log, event, flow)
+        self._log_flow(log, event, flow)
         if event == "removed" and isinstance(flow.conn, _KHandle):
             conn = flow.conn.conn
             with self._lock:

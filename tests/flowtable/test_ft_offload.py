@@ -11,7 +11,7 @@ from ftutil import FakeClock, FakeConn, FakeSwitch, _Entry, directions, make_tab
 from runtime.flowtable.core import Flow, FlowTable, HwStats, IdleVerdict
 from runtime.flowtable.model import NS, Dir, FlowFlag
 from runtime.flowtable.offload import OffloadEngine
-from runtime.flowtable.p4map import Code, FlowUpdate, Op, PipelineCaps, UpdateResult
+from runtime.flowtable.p4map import Code, FlowUpdate, Op, PipelineCaps, UpdateResult, delete_for, entry_for
 from runtime.flowtable.policy import FlowtableConfig
 
 F = FlowFlag
@@ -459,19 +459,23 @@ def test_a_period_of_stats_for_thousands_of_flows_takes_one_read() -> None:
     assert all(f.timeout > deadline for f, deadline in zip(flows, before, strict=True))  # traffic moved them on
 
 
-def test_an_idle_notice_older_than_our_delete_queues_no_second_delete() -> None:
-    """The switch sent the notice before our delete reached it (a stream backed up behind a storm of
-    closes): the entry is gone, so nothing is queued and the notice is counted as late. Once the key is
-    installed again (a reused 5-tuple), or ten seconds on, a notice for it is news again."""
-    from runtime.flowtable.p4map import delete_for
-
-    clock = FakeClock()
+def _deleted_hw_flow(clock: FakeClock) -> tuple[FlowTable, OffloadEngine, FakeSwitch, Flow]:
+    """A [HW_OFFLOAD] flow closed by a FIN, its entries deleted by the engine."""
     ft, eng, sw, flow, _ = _hw_flow(clock)
     assert isinstance(flow, Flow)
-    t = flow.dirs[0].tuple
     ft.mark_closing(flow)
     eng.run_once()
     assert sw.entries == {}
+    return ft, eng, sw, flow
+
+
+def test_an_idle_notice_older_than_our_delete_queues_no_second_delete() -> None:
+    """The switch sent the notice before our delete reached it (a stream backed up behind a storm of
+    closes): the entry is gone, so nothing is queued and the notice is counted as late. Once the key is
+    installed again (a reused 5-tuple) a notice for it is news again."""
+    clock = FakeClock()
+    ft, eng, sw, flow = _deleted_hw_flow(clock)
+    t = flow.dirs[0].tuple
     clock.advance(11)
     ft.gc()
     assert ft.get(flow.id) is None and ft.idle_notification(t) is IdleVerdict.UNKNOWN_ENTRY
@@ -488,24 +492,16 @@ def test_an_idle_notice_older_than_our_delete_queues_no_second_delete() -> None:
 
 
 def test_deleted_entries_are_remembered_for_a_while_only() -> None:
-    from runtime.flowtable.p4map import delete_for
-
     clock = FakeClock()
-    ft, eng, _sw, flow, _ = _hw_flow(clock)
-    assert isinstance(flow, Flow)
-    t = flow.dirs[0].tuple
-    ft.mark_closing(flow)
-    eng.run_once()
+    ft, eng, _sw, flow = _deleted_hw_flow(clock)
     clock.advance(eng.DELETED_MEMORY_NS / NS)
-    assert eng.queue_delete(delete_for(t, eng.caps))
+    assert eng.queue_delete(delete_for(flow.dirs[0].tuple, eng.caps))
     assert ft.counters.idle_after_delete == 0
 
 
 def test_a_repeated_idle_notice_for_a_deleted_orphan_deletes_nothing_again() -> None:
     """BMv2 repeats an idle entry's notice every ~2 s until the entry is gone: after the orphan's delete the
     repeats are late notices, not new orphans."""
-    from runtime.flowtable.p4map import delete_for, entry_for
-
     clock = FakeClock()
     ft, eng, sw = make_table(clock)
     (od, _rd) = directions(*nat_tuples(sport=41000))
