@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 from offloadgen.build import build  # noqa: E402
 from offloadgen.netlab import Host, Netlab  # noqa: E402
 from offloadgen.profile import load_profile  # noqa: E402
-from offloadgen.switchproc import SwitchProcess, SwitchSpec, free_grpc_addr, free_port  # noqa: E402
+from offloadgen.switchproc import SwitchKind, SwitchProcess, SwitchSpec, free_grpc_addr, free_port  # noqa: E402
 from runtime.status import StatusError, query  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -158,7 +158,7 @@ def lab(kind: str, build_dir: Path, tmp: Path, flowtable: str = FLOWTABLE) -> It
             # Room for tens of thousands of sockets on one host: ports, backlog, SYN queue.
             h.run("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000", "net.core.somaxconn=65535",
                   "net.ipv4.tcp_max_syn_backlog=65535", check=False)
-        spec = SwitchSpec(kind=kind, ports={1: a.switch_iface, 4: b.switch_iface}, grpc_addr=free_grpc_addr(),
+        spec = SwitchSpec(kind=cast(SwitchKind, kind), ports={1: a.switch_iface, 4: b.switch_iface}, grpc_addr=free_grpc_addr(),
                           cpu_port=255, log_file=tmp / "switch.log", thrift_port=free_port(),
                           log_level="info" if kind == "softswitch" else None)  # its stop summary is INFO
         sock = tmp / "ctl.sock"
@@ -311,18 +311,18 @@ def run_one(kind: str, n: int, build_dir: Path, tmp: Path, profile: Path | None 
             entries = query("entries", sock, timeout=60)
             res["entries_left_after_close"] = len(entries)
             # What the close cost the controller: every FIN, and every packet after it, is a packet-in.
-            end = samp.stats()
-            if end is not None and last is not None:
+            final = samp.stats()
+            if final is not None and last is not None:
                 res["controller_counters_close"] = {
-                    k: v - res["controller_counters"].get(k, 0) for k, v in end["controller"].items()
+                    k: v - res["controller_counters"].get(k, 0) for k, v in final["controller"].items()
                     if isinstance(v, int) and not k.endswith(("_us_last", "_us_max"))
                     and v != res["controller_counters"].get(k, 0)}
-                res["close_holds"] = {k: end["flowtable"]["counters"].get(k)
+                res["close_holds"] = {k: final["flowtable"]["counters"].get(k)
                                       for k in ("held_flows", "hold_us_max", "hold_expired")}
-                res["periodic_work_end"] = {k: v for k, v in {**end["flowtable"], **end["controller"]}.items()
+                res["periodic_work_end"] = {k: v for k, v in {**final["flowtable"], **final["controller"]}.items()
                                             if k.endswith("_us_max")}
                 res["flowtable_counters_close"] = {
-                    k: v - last["flowtable"]["counters"].get(k, 0) for k, v in end["flowtable"]["counters"].items()
+                    k: v - last["flowtable"]["counters"].get(k, 0) for k, v in final["flowtable"]["counters"].items()
                     if isinstance(v, int) and v != last["flowtable"]["counters"].get(k, 0)}
             res["samples"] = samp.samples
         finally:

@@ -10,10 +10,13 @@ Two layers, so the controller's own cost can be told apart from the switch's and
   (port 5001... kept on the slow path by a policy rule, so every packet is a packet-in, a slow-path decision
   and a packet-out) and, with the flowtable's hardware offload switched off, through the software fast path
   (every packet a packet-in, a fast-path rewrite and a packet-out). The rate is what reaches the receiver.
+- the stream floor (with ``--switch``, or alone with ``--floor``): a grpc.aio server that does nothing but
+  send packet-ins, answered by the controller's own client with packet-outs. What a slow path served by
+  Python gRPC on both ends passes at most on this machine, before any packet is looked at.
 
 Prints the figures and writes bench/results/slowpath.json.
 
-    .venv/bin/python bench/bench_slowpath.py [--quick] [--switch softswitch,bmv2] [--profile FILE] [--spy DIR]
+    .venv/bin/python bench/bench_slowpath.py [--quick] [--switch softswitch,bmv2] [--floor] [--profile FILE] [--spy DIR]
 """
 
 from __future__ import annotations
@@ -170,10 +173,10 @@ def bench_fastpath(config: RouterConfig, n: int, conns: int, prof: cProfile.Prof
         dirs = []
         for d in (Dir.ORIGINAL, Dir.REPLY):
             t = conn.tuples[d]
-            acts = conn.actions[d]
-            if acts is None:
+            acts, iif = conn.actions[d], conn.iif[d]
+            if acts is None or iif is None:
                 break
-            dirs.append(FlowDirection(FlowTuple(conn.iif[d], t.src, t.dst, t.proto, t.sport, t.dport), acts))
+            dirs.append(FlowDirection(FlowTuple(iif, t.src, t.dst, t.proto, t.sport, t.dport), acts))
         if len(dirs) == 2:
             _, flow = ft.offer(_Ref(), dirs[0], dirs[1], seen_reply=True, tcp_established=True)
             offered += flow is not None
@@ -260,6 +263,109 @@ def through_switch(kind: str, build_dir: Path, tmp: Path, path: str, rate: float
             "fastpath_packets": c.get("fastpath_packets"), "queue_dropped": c.get("queue_dropped")}
 
 
+STREAM_FLOOR_SERVER = """
+import asyncio, sys
+import grpc
+from p4.v1 import p4runtime_pb2 as pb
+
+WINDOW, PACKET_IN = int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+
+async def stream(requests, context):
+    # The first message is the client's arbitration: make it primary. Every later one is a packet-out,
+    # counted and never parsed. Packet-ins go out whenever fewer than WINDOW are unanswered.
+    first = pb.StreamMessageRequest.FromString(await requests.__anext__())
+    await context.write(pb.StreamMessageResponse(arbitration=first.arbitration).SerializeToString())
+    state = {"answered": 0}
+    room = asyncio.Event()
+
+    async def count() -> None:
+        async for _ in requests:
+            state["answered"] += 1
+            room.set()
+
+    counter = asyncio.ensure_future(count())
+    sent = 0
+    while not counter.done():
+        if sent - state["answered"] >= WINDOW:
+            room.clear()
+            await room.wait()
+            continue
+        await context.write(PACKET_IN)
+        sent += 1
+
+async def main():
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("p4.v1.P4Runtime", {
+        "StreamChannel": grpc.stream_stream_rpc_method_handler(stream)}),))
+    server.add_insecure_port(sys.argv[1])
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+def stream_floor(p4info_path: Path, seconds: float, window: int = 256) -> dict[str, Any]:
+    """Packets/s that a slow path served by Python gRPC on both ends passes when neither end does any work:
+    a grpc.aio server (as softswitch is) sends one encoded packet-in after another, keeping `window`
+    unanswered, and the controller's own `SwitchClient` answers each from a worker thread with a packet-out
+    of the same frame, as the controller's worker does (packet-in decoded against the P4Info, packet-out
+    encoded). No parsing, conntrack, NAT or table lookup on either side: what a real slow path can at most
+    reach on this machine, and what its two processes spend only on the stream."""
+    import queue
+    import subprocess
+    import threading
+
+    import bench_flowtable_scale as scale
+    from p4.v1 import p4runtime_pb2
+
+    from offloadgen.switchproc import free_grpc_addr
+    from runtime.client import StreamHandlers, SwitchClient
+    from runtime.entities import PacketIn
+    from runtime.p4info import P4Info
+
+    p4info = P4Info.load(p4info_path)
+    fields = {f.name: f for f in p4info.packet_metadata("packet_in")}
+    msg = p4runtime_pb2.StreamMessageResponse()
+    msg.packet.payload = frame(R1_MAC, A_MAC, tcp(A_IP, B_IP, 40000, 5001, 0x18, 1, 1, bytes(18)))
+    msg.packet.metadata.add(metadata_id=fields["ingress_port"].id, value=b"\x01")
+    addr = free_grpc_addr()
+    server = subprocess.Popen([sys.executable, "-c", STREAM_FLOOR_SERVER, addr, str(window),
+                               msg.SerializeToString().hex()], stdout=subprocess.PIPE, text=True)
+    inbox: queue.SimpleQueue[PacketIn | None] = queue.SimpleQueue()
+    answered = 0
+    try:
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != "ready":
+            raise SystemExit("bench: the stream floor server did not start")
+        client = SwitchClient(addr, p4info=p4info, reconnect=False, name="floor",
+                              handlers=StreamHandlers(on_packet_in=inbox.put))
+
+        def worker() -> None:
+            nonlocal answered
+            while (pkt := inbox.get()) is not None:
+                client.packet_out(pkt.payload, egress_port=2)
+                answered += 1
+
+        with client:
+            thread = threading.Thread(target=worker, name="floor-worker", daemon=True)
+            thread.start()
+            time.sleep(1.0)  # warm: connection up, the window full
+            a0, cpu0, sw0, t0 = answered, os.times(), scale.cpu_ticks(server.pid), time.monotonic()
+            time.sleep(seconds)
+            a1, cpu1, sw1, t1 = answered, os.times(), scale.cpu_ticks(server.pid), time.monotonic()
+            inbox.put(None)
+            thread.join(timeout=5)
+    finally:
+        server.terminate()
+        server.wait()
+    wall = t1 - t0
+    return {"window": window, "seconds": round(wall, 2), "pps": round((a1 - a0) / wall),
+            "controller_cpu_pct": round(100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / wall, 1),
+            "switch_cpu_pct": round(100 * (sw1 - sw0) / scale.HZ / wall, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer packets")
@@ -268,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--switch", default="", help="also through softswitch and/or bmv2 (needs root), comma separated")
     ap.add_argument("--spy", type=Path, help="py-spy the controller and softswitch through the switch; raw "
                     "per-thread stacks into this directory (py-spy on PATH)")
+    ap.add_argument("--floor", action="store_true", help="measure the gRPC stream floor (no root needed); "
+                    "also measured with --switch")
     ap.add_argument("--rate", type=float, default=25000, help="datagrams/s offered through the switch")
     args = ap.parse_args(argv)
     n = 20000 if args.quick else 100000
@@ -283,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     if "bmv2" in kinds and (shutil.which("simple_switch_grpc") is None or shutil.which("p4c-bm2-ss") is None):
         print("bench_slowpath: simple_switch_grpc or p4c-bm2-ss not on PATH; BMv2 skipped")
         kinds.remove("bmv2")
-    if kinds:
+    if kinds or args.floor:
         from offloadgen.build import build
         from offloadgen.profile import load_profile
 
@@ -291,8 +399,13 @@ def main(argv: list[str] | None = None) -> int:
         seconds = 5.0 if args.quick else 15.0
         with tempfile.TemporaryDirectory(prefix="slowpath-") as tmpd:
             tmp = Path(tmpd)
-            build(load_profile(REPO / "profiles" / "default.toml"), tmp / "build",
-                  use_p4c=shutil.which("p4c-bm2-ss") is not None)
+            built = build(load_profile(REPO / "profiles" / "default.toml"), tmp / "build",
+                          use_p4c=shutil.which("p4c-bm2-ss") is not None)
+            assert built.p4info is not None
+            floor = stream_floor(built.p4info, seconds)
+            res["stream_floor"] = floor
+            print(f"stream floor     {floor['pps']:>7,} packets/s answered (packet-in -> packet-out, no work on "
+                  f"either side); CPU controller {floor['controller_cpu_pct']} %, switch {floor['switch_cpu_pct']} %")
             for kind in kinds:
                 for path in ("slow", "fast"):
                     run_tmp = tmp / f"{kind}-{path}"
