@@ -78,6 +78,12 @@ class UpdateResult:
 OK = UpdateResult(Code.OK)
 
 
+#: An entry's identity as the control plane names it: table and match fields sorted by name (values as
+#: written). :meth:`FlowUpdate.key` and :meth:`SwitchEntry.key` give it, so an update and an entry read back
+#: compare. (The offload engine's ``EntryKey`` is another: the bulk stats read's, in the table's field order.)
+UpdateKey = tuple[str, tuple[tuple[str, int | bytes], ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class FlowUpdate:
     """One P4Runtime update of a flow-table entry, by P4Info names. ``action``/``params`` are empty for a
@@ -90,7 +96,7 @@ class FlowUpdate:
     params: dict[str, int] = field(default_factory=dict)
     idle_timeout_ns: int = 0
 
-    def key(self) -> tuple[str, tuple[tuple[str, int | bytes], ...]]:
+    def key(self) -> UpdateKey:
         """Hashable identity of the entry (table and match)."""
         return self.table, tuple(sorted(self.match.items()))
 
@@ -110,7 +116,7 @@ class SwitchEntry:
     params: dict[str, int]
     idle_timeout_ns: int = 0
 
-    def key(self) -> tuple[str, tuple[tuple[str, int | bytes], ...]]:
+    def key(self) -> UpdateKey:
         return self.table, tuple(sorted(self.match.items()))
 
 

@@ -33,6 +33,7 @@ from .p4map import (
     PipelineCaps,
     SwitchEntry,
     Unsupported,
+    UpdateKey,
     decode_entry,
     entry_for,
     match_of,
@@ -71,7 +72,7 @@ def plan_reconcile(entries: Sequence[SwitchEntry], flows: Iterable[Flow], caps: 
                    can_rebuild: Callable[[EntryPair], bool] | None = None) -> ReconcilePlan:
     """Decide adopt / reinstall / delete / rebuild for every switch entry and every flow (module docstring)."""
     flow_tables = set(caps.tables.values())
-    by_key: dict[tuple[str, tuple[tuple[str, int | bytes], ...]], SwitchEntry] = {}
+    by_key: dict[UpdateKey, SwitchEntry] = {}
     for e in entries:
         if e.table in flow_tables:
             by_key[e.key()] = e
@@ -106,7 +107,7 @@ def plan_reconcile(entries: Sequence[SwitchEntry], flows: Iterable[Flow], caps: 
 
     # What is left is unknown to the controller: pair it up or delete it.
     decoded = {k: decode_entry(e, caps) for k, e in by_key.items()}
-    done: set[tuple[str, tuple[tuple[str, int | bytes], ...]]] = set()
+    done: set[UpdateKey] = set()
     for k, e in by_key.items():
         if k in done:
             continue
