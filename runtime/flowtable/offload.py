@@ -50,6 +50,7 @@ from .p4map import (
     Op,
     PipelineCaps,
     Unsupported,
+    UpdateKey,
     UpdateResult,
     delete_for,
     entry_for,
@@ -151,11 +152,14 @@ class OffloadEngine:
         self._add_q: collections.deque[Flow] = collections.deque()
         self._del_q: collections.deque[Flow] = collections.deque()
         self._stats_q: collections.deque[Flow] = collections.deque()
-        self._orphans: dict[tuple[str, tuple[tuple[str, int | bytes], ...]], FlowUpdate] = {}
+        self._orphans: dict[UpdateKey, FlowUpdate] = {}
+        #: Entries per table that flows' ``hw_installed`` bits say may be on the switch, kept by
+        #: :meth:`_set_installed` (the bits' one writer) so ``stats`` reads occupancy without visiting every flow.
+        self._installed: dict[str, int] = {}
         #: Entries this engine deleted (the switch confirmed, or said NOT_FOUND) in the last DELETED_MEMORY_NS,
         #: oldest first, with when: an idle notice for one of them was sent before the delete reached the
         #: switch, and deleting the entry again would only be answered NOT_FOUND (see :meth:`queue_delete`).
-        self._deleted: dict[tuple[str, tuple[tuple[str, int | bytes], ...]], int] = {}
+        self._deleted: dict[UpdateKey, int] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         # Cleared while the controller is not the switch's primary: a backup's writes are refused, so adds and
@@ -280,23 +284,30 @@ class OffloadEngine:
         if not isinstance(answer, str):
             with self.lock:
                 for f in self.ft.flows():
-                    f.hw_installed = 0
+                    self._set_installed(f, 0)
                     f.flags &= ~F.HW_OFFLOADED
                 self._orphans.clear()
         return answer
 
     def installed_entries(self) -> dict[str, int]:
         """Entries the controller believes are on the switch, per table (for occupancy)."""
-        out: dict[str, int] = {}
         with self.lock:
-            for flow in self.ft.flows():
-                for d in (Dir.ORIGINAL, Dir.REPLY):
-                    if flow.hw_installed & (1 << d):
-                        table = self.caps.tables.get(flow.dirs[d].tuple.family, "?")
-                        out[table] = out.get(table, 0) + 1
+            out = {table: n for table, n in self._installed.items() if n}
             for upd in self._orphans.values():
                 out[upd.table] = out.get(upd.table, 0) + 1
         return out
+
+    def _set_installed(self, flow: Flow, bits: int) -> None:
+        """The one place a flow's ``hw_installed`` changes (lock held), so the per-table count stays true."""
+        old = flow.hw_installed
+        if old == bits:
+            return
+        flow.hw_installed = bits
+        for d in (Dir.ORIGINAL, Dir.REPLY):
+            was, now = old >> d & 1, bits >> d & 1
+            if was != now:
+                table = self.caps.tables.get(flow.dirs[d].tuple.family, "?")
+                self._installed[table] = self._installed.get(table, 0) + now - was
 
     # -------------------------------------------------------------------------------------- the worker
 
@@ -399,7 +410,7 @@ class OffloadEngine:
         if isinstance(answer, str):
             with self.lock:
                 for flow, _ in plan:
-                    flow.hw_installed |= 0b11  # unknown outcome: maybe there
+                    self._set_installed(flow, 0b11)  # unknown outcome: maybe there
                     self._add_done(flow, False, error=answer)
             return
 
@@ -421,7 +432,7 @@ class OffloadEngine:
                 ok = [codes[i][d].ok for d in (0, 1)]
                 for d in (0, 1):
                     if ok[d]:
-                        flow.hw_installed |= 1 << d
+                        self._set_installed(flow, flow.hw_installed | 1 << d)
                 if all(ok):
                     self._add_done(flow, True)
                     continue
@@ -438,7 +449,7 @@ class OffloadEngine:
             with self.lock:
                 for j, (flow, d, upd) in enumerate(rollback):
                     res = UpdateResult(Code.UNKNOWN, ranswer) if isinstance(ranswer, str) else ranswer[j]
-                    flow.hw_installed &= ~(1 << d)
+                    self._set_installed(flow, flow.hw_installed & ~(1 << d))
                     if not (res.ok or res.code is Code.NOT_FOUND):
                         # Still on the switch and not ours any more: delete it on later runs.
                         self._orphans[upd.key()] = upd
@@ -503,7 +514,7 @@ class OffloadEngine:
             for j, (flow, d, upd) in enumerate(plan):
                 res = UpdateResult(Code.UNKNOWN, answer) if isinstance(answer, str) else answer[j]
                 if res.ok or res.code is Code.NOT_FOUND:
-                    flow.hw_installed &= ~(1 << d)
+                    self._set_installed(flow, flow.hw_installed & ~(1 << d))
                     self._deleted_now(upd)
                 else:
                     errors[flow.id] = f"delete {Dir(d).name.lower()}: {res.code.name} {res.message}".strip()
@@ -609,7 +620,7 @@ class OffloadEngine:
         for d in (Dir.ORIGINAL, Dir.REPLY):
             st = pair[d]
             if st is None:
-                flow.hw_installed &= ~(1 << d)
+                self._set_installed(flow, flow.hw_installed & ~(1 << d))
                 continue
             since = st.since_last_hit_ns
             if new[d] > 0:
@@ -641,7 +652,7 @@ class OffloadEngine:
         if not flow.flags & F.HW:
             return
         flow.flags = (flow.flags | F.HW_OFFLOADED) & ~(F.HW_REFRESH | F.HW_DYING | F.HW_DEAD)
-        flow.hw_installed = 0b11
+        self._set_installed(flow, 0b11)
         flow.hw_packets = [-1, -1]
         flow.hw_bytes = [-1, -1]
         flow.stats_at = 0
@@ -683,7 +694,7 @@ class OffloadEngine:
                 self._adopt(flow)
             for flow in plan.reinstall:
                 flow.flags = (flow.flags & ~F.HW_OFFLOADED) | F.HW_REFRESH
-                flow.hw_installed |= 0b11  # whatever is there gets replaced (ALREADY_EXISTS -> MODIFY) or deleted
+                self._set_installed(flow, 0b11)  # whatever is there gets replaced (ALREADY_EXISTS -> MODIFY) or deleted
                 flow.retry_at = 0
                 self._requeue_add(flow)
         return answer

@@ -82,6 +82,13 @@ def test_hardware_state_has_one_writer_and_pending_clears_once_per_work_item(wri
         nonlocal items
         while n := eng.run_once():
             items += n
+        # the occupancy `stats` shows is kept as the bits change; it always equals a count of the bits
+        recount: dict[str, int] = {}
+        for f in ft.flows():
+            for d in (0, 1):
+                if f.hw_installed >> d & 1:
+                    recount["flow_v4"] = recount.get("flow_v4", 0) + 1
+        assert eng.installed_entries() == recount
 
     flows = [offer(ft, sport=s)[1] for s in (1000, 1001, 1002)]
     assert all(isinstance(f, TracedFlow) for f in flows)
@@ -143,6 +150,7 @@ def test_hardware_state_has_one_writer_and_pending_clears_once_per_work_item(wri
     assert len(sets) == len(clears) == items, "pending set when queued, cleared once when handled"
     writers = {w[0] for w in writes}
     assert all(name.startswith("OffloadEngine.") for name in writers), writers
+    assert {w[0] for w in writes if w[1] == "hw_installed"} == {"OffloadEngine._set_installed"}
     k = ft.counters
     assert all(n >= 1 for n in (k.hw_add_table_full, k.hw_write_failures, k.hw_entries_lost, k.hw_del_errors)), \
         "every kind of outcome was exercised"
