@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from ftutil import FakeClock, FakeConn, directions, make_table, nat_tuples, offer
 
 from runtime.actions import route_actions
@@ -114,15 +112,12 @@ def test_gc_is_o_expired() -> None:
                  seen_reply=True)
     assert len(ft) == 100_001
     visits = ft.counters.gc_visits
-    t0 = time.perf_counter()
     for _ in range(21):  # every second from t=10 to t=31
         clock.advance(1)
         ft.gc()
-    elapsed = time.perf_counter() - t0
     assert lone is not None and ft.get(lone.id) is None, "the lone flow expired"
     assert len(ft) == 100_000
-    assert ft.counters.gc_visits - visits == 1
-    assert elapsed < 0.5
+    assert ft.counters.gc_visits - visits == 1, "21 runs visited the one expiring flow and no other"
     assert ft.scheduled() == 100_000, "every live flow sits in exactly one wheel slot"
 
 
