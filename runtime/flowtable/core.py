@@ -40,7 +40,7 @@ from typing import Protocol
 
 from ..actions import ActionList, Rewrite, flatten
 from ..deferred import DeferringLock
-from .model import IPPROTO_TCP, IPPROTO_UDP, NS, Clock, Dir, FlowFlag, FlowTuple, monotonic_clock
+from .model import IPPROTO_TCP, IPPROTO_UDP, NS, Clock, Dir, EntryKey, FlowFlag, FlowTuple, monotonic_clock
 from .policy import FlowKey, FlowtableConfig
 
 F = FlowFlag
@@ -149,6 +149,7 @@ class Flow:
     last_error: str = ""
     stats_at: int = 0  # when the GC next queues a stats read (0: not scheduled)
     hw_read_at: int = 0  # when the counters in hw_packets were taken (install, adoption or the last read)
+    hw_keys: tuple[EntryKey, EntryKey] | None = None  # its entries' keys in a bulk read (the engine's, once)
     tick: int = -1  # wheel slot, -1 when not scheduled
 
     @property

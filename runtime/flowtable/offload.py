@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .core import Flow, FlowTable, HwStats
-from .model import Dir, FlowFlag, FlowTuple
+from .model import Dir, EntryKey, FlowFlag, FlowTuple
 from .p4map import (
     Code,
     FlowUpdate,
@@ -80,21 +80,18 @@ class EntryWriter(Protocol):
     def write(self, updates: Sequence[FlowUpdate]) -> list[UpdateResult]: ...
 
 
-EntryKey = tuple[str, tuple[tuple[str, int], ...]]
-
-
 def entry_key(table: str, match: Mapping[str, object]) -> EntryKey:
     """One entry's identity, the same for what we ask for and what the switch answers: the table's short
-    name and the exact-match fields as integers."""
-    return table.rsplit(".", 1)[-1], tuple(sorted(
-        (k, int.from_bytes(v, "big") if isinstance(v, bytes) else int(v))  # type: ignore[call-overload]
-        for k, v in match.items() if not isinstance(v, tuple)))
+    name and the exact-match fields' values as integers, by field name."""
+    return (table.rsplit(".", 1)[-1], *(
+        int.from_bytes(v, "big") if isinstance(v, bytes) else int(v)  # type: ignore[call-overload]
+        for _, v in sorted(match.items()) if not isinstance(v, tuple)))
 
 
 def flow_key(t: FlowTuple, caps: PipelineCaps) -> EntryKey:
     """:func:`entry_key` of the entry :func:`~.p4map.match_of` makes for ``t``, built without the
-    intermediate dict (the stats pass looks up both directions of every hardware flow each period)."""
-    return flow_table(t, caps).rsplit(".", 1)[-1], match_items(t)
+    intermediate dict."""
+    return (flow_table(t, caps).rsplit(".", 1)[-1], *(v for _, v in match_items(t)))
 
 
 class StatsReader(Protocol):
@@ -193,6 +190,12 @@ class OffloadEngine:
         flow.flags |= F.HW_PENDING
         return True
 
+    def _kick(self) -> None:
+        """Wake the worker. ``Event.set`` takes the event's lock every time; a GC run that queues 30,000 stats
+        items pays it once, since the worker clears the event before it drains the queues."""
+        if not self._wake.is_set():
+            self._wake.set()
+
     def queue_add(self, flow: Flow) -> bool:
         """``nf_flow_offload_add``; a queued add is the refresh ``HW_REFRESH`` asked for."""
         with self.lock:
@@ -200,7 +203,7 @@ class OffloadEngine:
                 return False
             flow.flags &= ~F.HW_REFRESH
             self._add_q.append(flow)
-        self._wake.set()
+        self._kick()
         return True
 
     def queue_del(self, flow: Flow) -> bool:
@@ -210,7 +213,7 @@ class OffloadEngine:
                 return False
             flow.flags |= F.HW_DYING
             self._del_q.append(flow)
-        self._wake.set()
+        self._kick()
         return True
 
     def queue_stats(self, flow: Flow) -> bool:
@@ -218,7 +221,7 @@ class OffloadEngine:
             if self.reader is None or not self._claim(flow):
                 return False
             self._stats_q.append(flow)
-        self._wake.set()
+        self._kick()
         return True
 
     def depths(self) -> QueueDepths:
@@ -606,7 +609,11 @@ class OffloadEngine:
             ft = self.ft
             for flow in flows:
                 if flow.hw_read_at < taken:
-                    self._take_counters(flow, [counters.get(flow_key(d.tuple, self.caps)) for d in flow.dirs], at)
+                    keys = flow.hw_keys
+                    if keys is None:  # worked out once per flow: the stats pass meets every flow each period
+                        keys = flow.hw_keys = (flow_key(flow.dirs[0].tuple, self.caps),
+                                               flow_key(flow.dirs[1].tuple, self.caps))
+                    self._take_counters(flow, [counters.get(keys[0]), counters.get(keys[1])], at)
                 if not flow.flags & F.HW_OFFLOADED and flow.flags & F.HW_REFRESH and flow.retry_at <= ft.clock():
                     requeue.append(flow)
         return requeue

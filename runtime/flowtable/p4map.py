@@ -80,7 +80,7 @@ OK = UpdateResult(Code.OK)
 
 #: An entry's identity as the control plane names it: table and match fields sorted by name (values as
 #: written). :meth:`FlowUpdate.key` and :meth:`SwitchEntry.key` give it, so an update and an entry read back
-#: compare. (The offload engine's ``EntryKey`` is another: the bulk stats read's, in the table's field order.)
+#: compare. (:data:`~.model.EntryKey` is another: the bulk stats read's, values only.)
 UpdateKey = tuple[str, tuple[tuple[str, int | bytes], ...]]
 
 

@@ -18,8 +18,8 @@ from ..client import SwitchClient
 from ..entities import TableEntry
 from ..errors import P4RuntimeError
 from .core import HwStats
-from .model import FlowTuple
-from .offload import EntryKey, EntryRef, entry_key
+from .model import EntryKey, FlowTuple
+from .offload import EntryRef, entry_key
 from .p4map import Code, FlowUpdate, PipelineCaps, SwitchEntry, UpdateResult, tuple_of
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class P4RuntimeReader:
                 key = known.get(raw)
                 if key is None:
                     vals = {m.field_id: m.exact.value or m.optional.value for m in e.match}
-                    key = (short, tuple((name, int.from_bytes(vals[fid], "big")) for name, fid in fields if fid in vals))
+                    key = (short, *(int.from_bytes(vals[fid], "big") for _, fid in fields if fid in vals))
                 seen[raw] = key
                 out[key] = HwStats(packets, nbytes, since)
         self._keys = seen  # entries gone from the switch leave the map with this read

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from runtime.actions import Statement, route_actions
 from runtime.flowtable.core import FlowDirection, FlowTable, HwStats
-from runtime.flowtable.model import NS, Dir, FlowTuple
-from runtime.flowtable.offload import EntryKey, OffloadEngine, entry_key
+from runtime.flowtable.model import NS, Dir, EntryKey, FlowTuple
+from runtime.flowtable.offload import OffloadEngine, entry_key
 from runtime.flowtable.p4map import Code, FlowUpdate, Op, PipelineCaps, SwitchEntry, UpdateResult
 from runtime.flowtable.policy import FlowtableConfig
 
