@@ -197,6 +197,7 @@ class Counters:
     hw_del_errors: int = 0
     hw_stats_reads: int = 0  # flows whose counters were taken (from a bulk read)
     hw_stats_passes: int = 0  # bulk reads of the flow tables' counters (at most one per stats period)
+    hw_stats_waits: int = 0  # GC visits that put an expiry off until a fresher counter read (STATS_FRESH_NS)
     hw_entries_lost: int = 0
     hw_write_failures: int = 0
     idle_notifications: int = 0
@@ -225,6 +226,9 @@ class FlowTable:
     #: How often the stats read repeats for an idle hardware flow in the last 90 % of its timeout: the
     #: kernel queues it on every GC run (every second) once less than 90 % remains.
     STATS_INTERVAL_NS = NS
+    #: A hardware flow past its timeout is expired only on counters read this recently; older ones are asked
+    #: for again first (see :meth:`_gc_step`).
+    STATS_FRESH_NS = 3 * NS
 
     def __init__(self, config: FlowtableConfig | None = None, clock: Clock = monotonic_clock,
                  gc_interval_ns: int = NS) -> None:
@@ -498,7 +502,9 @@ class FlowTable:
     def _gc_step(self, flow: Flow, now: int) -> None:
         """``nf_flow_offload_gc_step``."""
         flags = flow.flags
-        if now >= flow.timeout or flow.conn.is_dying():
+        if now >= flow.timeout and self._stale_counters(flow, now):
+            flags = flow.flags
+        elif now >= flow.timeout or flow.conn.is_dying():
             if not flags & F.TEARDOWN:
                 self.counters.expired += 1
             self._teardown(flow)
@@ -524,6 +530,25 @@ class FlowTable:
             else:
                 flow.stats_at = flow.timeout - (9 * flow.timeout_ns) // 10 + 1
         self._reschedule(flow, now)
+
+    def _stale_counters(self, flow: Flow, now: int) -> bool:
+        """Whether a hardware flow that looks expired must wait for fresher counters (lock held).
+
+        Its timeout moves only when a read of the switch's counters is taken in, and under load the offload
+        engine's reads come seconds apart (a whole-table read that took longer than a period waits as long
+        again). A flow whose last read is older than :attr:`STATS_FRESH_NS` may have carried traffic since,
+        so the switch is asked again and the flow looked at on the next run, as the kernel would have
+        seen that traffic in the read its GC queued a second before. Only for that long: after a further
+        whole timeout without a read (the switch gone, the engine stuck) the flow expires as it stands."""
+        flags = flow.flags
+        if (self.hw is None or not flags & F.HW_OFFLOADED or flags & (F.CLOSING | F.TEARDOWN)
+                or now - flow.hw_read_at <= self.STATS_FRESH_NS or now - flow.timeout >= flow.timeout_ns
+                or flow.conn.is_dying()):
+            return False
+        if not flags & F.HW_PENDING and not self.hw.queue_stats(flow):  # pending: queued work's answer decides
+            return False  # no stats reader: nothing fresher will come
+        self.counters.hw_stats_waits += 1
+        return True
 
     def _remove(self, flow: Flow) -> None:
         """``flow_offload_del``."""

@@ -180,8 +180,9 @@ def test_already_exists_is_answered_with_modify() -> None:
     assert sw.entries[stale.key()].entry.action == "offload_nat"
 
 
-def _hw_flow(clock: FakeClock) -> tuple[FlowTable, OffloadEngine, FakeSwitch, Flow, FakeConn]:
-    ft, eng, sw = make_table(clock)
+def _hw_flow(clock: FakeClock, tcp_timeout_s: float | None = None) -> tuple[FlowTable, OffloadEngine, FakeSwitch, Flow,
+                                                                         FakeConn]:
+    ft, eng, sw = make_table(clock, None if tcp_timeout_s is None else FlowtableConfig(tcp_timeout_s=tcp_timeout_s))
     conn = FakeConn()
     _, flow = offer(ft, conn=conn)
     assert flow is not None
@@ -223,6 +224,81 @@ def test_stats_read_only_below_90_percent_and_extends_on_traffic() -> None:
         eng.run_once()
     assert ft.get(flow.id) is None and sw.entries == {}
     assert ft.counters.expired == 1
+
+
+def _lagging_engine_life(clock: FakeClock, ft: FlowTable, eng: OffloadEngine, sw: FakeSwitch, flow: Flow, *,
+                         traffic: bool, lag_s: int) -> None:
+    """Run the GC every second for 60 s while the switch forwards the flow's packets every 5 s (or none);
+    the offload engine answers nothing for ``lag_s`` seconds from t = 3 s (its reads far behind under load)."""
+    for t in range(1, 61):
+        clock.advance(1)
+        if traffic and t % 5 == 0:
+            sw.hit(flow.dirs[0].tuple)
+        ft.gc()
+        if not 3 <= t < 3 + lag_s:
+            eng.run_once()
+        if ft.get(flow.id) is None:
+            return
+
+
+def test_busy_flow_is_not_expired_on_counters_the_lagging_engine_has_not_read() -> None:
+    """A 10 s flow forwarded by the switch every 5 s, while the engine reads nothing for 12 s: its timeout
+    passes on old counters, but the switch has forwarded it meanwhile. It waits for the next read instead of
+    expiring (counted as a wait), and that read moves the timeout on."""
+    clock = FakeClock()
+    ft, eng, sw, flow, _ = _hw_flow(clock, tcp_timeout_s=10)
+    assert isinstance(flow, Flow)
+    _lagging_engine_life(clock, ft, eng, sw, flow, traffic=True, lag_s=12)
+    assert ft.get(flow.id) is flow and flow.hw_offloaded
+    assert ft.counters.expired == 0 and ft.counters.hw_stats_waits >= 1
+
+
+def test_idle_flow_expires_once_fresh_counters_confirm_it() -> None:
+    """The same lag with no traffic: the flow expires at the first GC run after a read shows nothing new,
+    not later, and its entries go."""
+    clock = FakeClock()
+    ft, eng, sw, flow, _ = _hw_flow(clock, tcp_timeout_s=10)
+    assert isinstance(flow, Flow)
+    start = clock.now
+    _lagging_engine_life(clock, ft, eng, sw, flow, traffic=False, lag_s=12)
+    assert ft.get(flow.id) is None and ft.counters.expired == 1 and sw.entries == {}
+    assert ft.counters.hw_stats_waits >= 1
+    assert flow.hw_read_at >= start + 15 * NS, "the expiry was decided on the read after the lag"
+
+
+def test_expiry_waits_for_fresh_counters_one_timeout_at_most() -> None:
+    """The reads never come back (the engine stuck, the switch gone): the flow expires one whole timeout
+    late, not never."""
+    clock = FakeClock()
+    ft, _eng, _sw, flow, _ = _hw_flow(clock, tcp_timeout_s=10)
+    assert isinstance(flow, Flow)
+    deadline = flow.timeout
+    expired_at = None
+    for _ in range(40):
+        clock.advance(1)
+        ft.gc()  # no engine run at all
+        if flow.flags & F.TEARDOWN:
+            expired_at = clock.now
+            break
+    assert expired_at is not None and deadline + 10 * NS <= expired_at <= deadline + 11 * NS
+
+
+def test_without_a_stats_reader_the_timeout_stands() -> None:
+    """A switch read by nobody (idle notifications only): nothing fresher can come, so no waiting."""
+    clock = FakeClock()
+    ft = FlowTable(FlowtableConfig(tcp_timeout_s=10), clock=clock)
+    sw = FakeSwitch(clock)
+    eng = OffloadEngine(ft, sw, PipelineCaps(), None)
+    _, flow = offer(ft)
+    assert isinstance(flow, Flow)
+    eng.run_once()
+    assert flow.hw_offloaded
+    deadline = flow.timeout
+    while not flow.flags & F.TEARDOWN:
+        clock.advance(1)
+        ft.gc()
+        eng.run_once()
+    assert clock.now <= deadline + NS and ft.counters.hw_stats_waits == 0
 
 
 class Bmv2TtlSwitch(FakeSwitch):
