@@ -139,7 +139,11 @@ class Sampler:
             ft = s["flowtable"]
             self.samples.append({"t": round(t, 2), "flows": ft["flows"], "hw_offloaded": ft["hw_offloaded"],
                                  "offloaded": ft["offloaded"], "expired": ft["counters"].get("expired", 0),
-                                 "hw_add_ok": ft["counters"].get("hw_add_ok", 0)})
+                                 "hw_add_ok": ft["counters"].get("hw_add_ok", 0),
+                                 # whether the offload engine keeps up: its queues and its bulk reads so far
+                                 "wq_add": ft.get("wq_add"), "wq_del": ft.get("wq_del"), "wq_stats": ft.get("wq_stats"),
+                                 "stats_passes": ft["counters"].get("hw_stats_passes", 0),
+                                 "gc_us_last": s.get("controller", {}).get("flowtable_gc_us_last")})
         return s
 
 
