@@ -409,8 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         build(load_profile(REPO / "profiles" / "default.toml"), build_dir,
               use_p4c=shutil.which("p4c-bm2-ss") is not None)
         for kind in kinds:
-            for n in ns:
-                run_tmp = tmp / f"{kind}-{n}"
+            for i, n in enumerate(ns):  # the same N may be given twice (--n 30000,30000: two runs)
+                run_tmp = tmp / f"{kind}-{i}-{n}"
                 run_tmp.mkdir()
                 t = time.monotonic()
                 try:
