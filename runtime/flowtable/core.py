@@ -36,7 +36,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..actions import ActionList, Rewrite, flatten
 from ..deferred import DeferringLock
@@ -656,10 +656,10 @@ class IdleVerdict(enum.Enum):
     UNKNOWN_ENTRY = "unknown_entry"  # no flow holds this key: the entry should be deleted
 
 
-@dataclass(frozen=True, slots=True)
-class HwStats:
+class HwStats(NamedTuple):
     """One direction's entry as read from the switch: its direct counter and, where the target supports
-    idle timeouts, ``time_since_last_hit`` (ns)."""
+    idle timeouts, ``time_since_last_hit`` (ns). A named tuple, not a frozen dataclass: a bulk read makes
+    one per entry (60,000 a second at 30,000 flows), and this builds in under half the time."""
 
     packets: int
     bytes: int
