@@ -502,9 +502,7 @@ class FlowTable:
     def _gc_step(self, flow: Flow, now: int) -> None:
         """``nf_flow_offload_gc_step``."""
         flags = flow.flags
-        if now >= flow.timeout and self._stale_counters(flow, now):
-            flags = flow.flags
-        elif now >= flow.timeout or flow.conn.is_dying():
+        if (now >= flow.timeout and not self._stale_counters(flow, now)) or flow.conn.is_dying():
             if not flags & F.TEARDOWN:
                 self.counters.expired += 1
             self._teardown(flow)
