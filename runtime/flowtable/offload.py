@@ -252,7 +252,7 @@ class OffloadEngine:
                 self.ft.counters.idle_after_delete += 1
                 return False
             self._orphans[key] = upd
-        self._wake.set()
+        self._kick()
         return True
 
     def _deleted_now(self, upd: FlowUpdate) -> None:
